@@ -1,0 +1,361 @@
+//! `ProviderHandle`: a selected deployment, and the RAII guard that records each call.
+//!
+//! Every call made through a handle counts in-flight on begin and records
+//! latency and outcome on finish, so direct use (the seed's basic example)
+//! feeds health, load and the circuit breaker exactly like failover does.
+//! A guard dropped without an outcome is a cancellation: it never counts
+//! against the deployment, and a probe permit it held is given back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::time::Instant;
+
+use crate::config::ProviderConfig;
+use crate::error::{ProviderError, TimeoutPhase};
+use crate::provider::{CallContext, Provider};
+use crate::registry::Deployment;
+use crate::stream::TimedStream;
+use crate::types::{
+    ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
+    EmbeddingsRequest, EmbeddingsResponse,
+};
+
+use super::ManagerInner;
+
+/// A deployment chosen for a request. Cheap to clone; cloning does not
+/// duplicate the probe permit.
+pub struct ProviderHandle {
+    inner: Arc<ManagerInner>,
+    deployment: Arc<Deployment>,
+    requested_model: Arc<str>,
+    probe: Arc<AtomicBool>,
+    panic: bool,
+}
+
+impl std::fmt::Debug for ProviderHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderHandle")
+            .field("provider_id", &self.provider_id())
+            .field("model", &self.model())
+            .field("upstream_model", &self.upstream_model())
+            .field("probe", &self.is_probe())
+            .finish()
+    }
+}
+
+impl Clone for ProviderHandle {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            deployment: Arc::clone(&self.deployment),
+            requested_model: Arc::clone(&self.requested_model),
+            probe: Arc::clone(&self.probe),
+            panic: self.panic,
+        }
+    }
+}
+
+impl Drop for ProviderHandle {
+    fn drop(&mut self) {
+        // The last holder of an unused probe permit gives it back.
+        if Arc::strong_count(&self.probe) == 1 && self.probe.swap(false, Ordering::AcqRel) {
+            self.deployment.state().release_probe();
+        }
+    }
+}
+
+impl ProviderHandle {
+    pub(crate) fn new(
+        inner: Arc<ManagerInner>,
+        deployment: Arc<Deployment>,
+        requested_model: &str,
+        probe: bool,
+        panic: bool,
+    ) -> Self {
+        Self {
+            inner,
+            deployment,
+            requested_model: Arc::from(requested_model),
+            probe: Arc::new(AtomicBool::new(probe)),
+            panic,
+        }
+    }
+
+    /// Provider id.
+    pub fn provider_id(&self) -> &str {
+        self.deployment.provider_id()
+    }
+
+    /// The client-facing model this handle serves (the requested name for
+    /// a wildcard deployment).
+    pub fn model(&self) -> &str {
+        if self.deployment.is_wildcard() {
+            &self.requested_model
+        } else {
+            self.deployment.model()
+        }
+    }
+
+    /// The name sent upstream.
+    pub fn upstream_model(&self) -> &str {
+        self.deployment.upstream_for(&self.requested_model)
+    }
+
+    /// The adapter, for calls the handle does not wrap (use [`Self::begin`]).
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        self.deployment.provider()
+    }
+
+    /// The provider config this deployment was selected under.
+    pub fn config(&self) -> &ProviderConfig {
+        self.deployment.config()
+    }
+
+    /// The deployment.
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.deployment
+    }
+
+    /// Whether the next call is the half-open probe of this deployment.
+    pub fn is_probe(&self) -> bool {
+        self.probe.load(Ordering::Acquire)
+    }
+
+    /// Whether this handle was chosen in panic mode.
+    pub fn is_panic(&self) -> bool {
+        self.panic
+    }
+
+    /// The manager's call context defaults (timeouts) for a call.
+    pub fn call_context(&self) -> CallContext {
+        self.inner.call_context(None)
+    }
+
+    /// Starts recording one call: in-flight now, outcome when finished.
+    pub fn begin(&self) -> CallGuard {
+        let probe = self.probe.swap(false, Ordering::AcqRel);
+        let now_ms = self.inner.clock.now_ms();
+        self.deployment.state().begin_call(now_ms);
+        self.deployment.provider_state().begin_call(now_ms);
+        CallGuard {
+            inner: Arc::clone(&self.inner),
+            deployment: Arc::clone(&self.deployment),
+            probe,
+            started: Instant::now(),
+            finished: false,
+            failed: false,
+        }
+    }
+
+    /// A chat completion through this deployment, bounded by
+    /// `ctx.response_timeout` and the deadline.
+    pub async fn chat(
+        &self,
+        mut request: ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError> {
+        request.model = self.upstream_model().to_owned();
+        request.stream = false;
+        let guard = self.begin();
+        let result = bounded(
+            ctx,
+            ctx.response_timeout,
+            self.provider().chat(request, ctx),
+        )
+        .await;
+        guard.finish(&result);
+        result
+    }
+
+    /// Embeddings through this deployment.
+    pub async fn embeddings(
+        &self,
+        mut request: EmbeddingsRequest,
+        ctx: &CallContext,
+    ) -> Result<EmbeddingsResponse, ProviderError> {
+        request.model = self.upstream_model().to_owned();
+        let guard = self.begin();
+        let result = bounded(
+            ctx,
+            ctx.response_timeout,
+            self.provider().embeddings(request, ctx),
+        )
+        .await;
+        guard.finish(&result);
+        result
+    }
+
+    /// Legacy completions through this deployment.
+    pub async fn completions(
+        &self,
+        mut request: CompletionRequest,
+        ctx: &CallContext,
+    ) -> Result<CompletionResponse, ProviderError> {
+        request.model = self.upstream_model().to_owned();
+        let guard = self.begin();
+        let result = bounded(
+            ctx,
+            ctx.response_timeout,
+            self.provider().completions(request, ctx),
+        )
+        .await;
+        guard.finish(&result);
+        result
+    }
+
+    /// A chat stream through this deployment, with first-token, idle and
+    /// completeness rules applied. The call is recorded when the stream
+    /// ends; dropping it early records a cancellation.
+    pub async fn chat_stream(
+        &self,
+        mut request: ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatStream, ProviderError> {
+        request.model = self.upstream_model().to_owned();
+        request.stream = true;
+        let guard = self.begin();
+        let opened = bounded(
+            ctx,
+            ctx.first_token_timeout,
+            self.provider().chat_stream(request, ctx),
+        )
+        .await
+        .map_err(|e| match e {
+            ProviderError::Timeout {
+                phase: TimeoutPhase::Response,
+            } => ProviderError::Timeout {
+                phase: TimeoutPhase::FirstByte,
+            },
+            other => other,
+        });
+        match opened {
+            Ok(stream) => Ok(Box::pin(GuardedStream {
+                inner: TimedStream::boxed(stream, ctx),
+                guard: Some(guard),
+            })),
+            Err(error) => {
+                guard.fail(&error);
+                Err(error)
+            }
+        }
+    }
+}
+
+async fn bounded<T>(
+    ctx: &CallContext,
+    limit: Duration,
+    call: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    let phase = match ctx.deadline {
+        Some(deadline) if deadline.saturating_duration_since(Instant::now()) <= limit => {
+            TimeoutPhase::Deadline
+        }
+        _ => TimeoutPhase::Response,
+    };
+    match tokio::time::timeout(ctx.bounded(limit), call).await {
+        Ok(result) => result,
+        Err(_) => Err(ProviderError::Timeout { phase }),
+    }
+}
+
+use std::future::Future;
+
+/// Records one call on drop: a cancellation unless told otherwise.
+pub struct CallGuard {
+    inner: Arc<ManagerInner>,
+    deployment: Arc<Deployment>,
+    probe: bool,
+    started: Instant,
+    finished: bool,
+    failed: bool,
+}
+
+impl std::fmt::Debug for CallGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallGuard")
+            .field("deployment", &self.deployment)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl CallGuard {
+    /// Whether this call is the deployment's half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// How long the call has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records success.
+    pub fn succeed(mut self) {
+        self.finished = true;
+        self.inner
+            .record_success(&self.deployment, self.started.elapsed(), self.probe);
+    }
+
+    /// Records a failure (a `Cancelled` error records a cancellation).
+    pub fn fail(mut self, error: &ProviderError) {
+        self.finished = true;
+        self.failed = !matches!(error, ProviderError::Cancelled);
+        self.inner
+            .record_failure(&self.deployment, error, self.started.elapsed(), self.probe);
+    }
+
+    /// Records the outcome of `result`.
+    pub fn finish<T>(self, result: &Result<T, ProviderError>) {
+        match result {
+            Ok(_) => self.succeed(),
+            Err(error) => self.fail(error),
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let now_ms = self.inner.clock.now_ms();
+        self.deployment.state().end_call();
+        self.deployment
+            .provider_state()
+            .end_call(self.failed, now_ms);
+        if !self.finished {
+            self.inner.record_cancelled(&self.deployment, self.probe);
+        }
+    }
+}
+
+/// A stream that records its call's outcome when it ends.
+struct GuardedStream {
+    inner: ChatStream,
+    guard: Option<CallGuard>,
+}
+
+impl Stream for GuardedStream {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(guard) = self.guard.take() {
+                    guard.succeed();
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(guard) = self.guard.take() {
+                    guard.fail(error);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}

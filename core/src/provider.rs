@@ -1,0 +1,254 @@
+//! The `Provider` trait every adapter implements, and what the manager passes to it.
+//!
+//! A provider is one upstream (OpenAI, Anthropic, a vLLM box, a mock). It
+//! speaks the vendor-neutral types of [`crate::types`]; the adapter owns its
+//! wire format, connection pool and error mapping. The trait is object safe
+//! (checked below) because providers are chosen at run time from config.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::config::ProviderConfig;
+use crate::error::{ConfigError, ProviderError};
+use crate::types::{
+    ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
+    EmbeddingsRequest, EmbeddingsResponse, ModelInfo, RawEventStream, RequestType,
+};
+
+/// What a provider's adapter can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Non-streaming chat.
+    pub chat: bool,
+    /// Streaming chat.
+    pub chat_stream: bool,
+    /// Embeddings.
+    pub embeddings: bool,
+    /// Legacy completions.
+    pub completions: bool,
+    /// Listing models.
+    pub models: bool,
+    /// Native Anthropic Messages pass-through.
+    pub anthropic_native: bool,
+}
+
+impl Capabilities {
+    /// Everything an OpenAI-style upstream offers.
+    pub const ALL_OPENAI: Self = Self {
+        chat: true,
+        chat_stream: true,
+        embeddings: true,
+        completions: true,
+        models: true,
+        anthropic_native: false,
+    };
+
+    /// Whether requests of this type can be served.
+    pub fn supports(&self, request_type: RequestType) -> bool {
+        match request_type {
+            RequestType::Chat => self.chat,
+            RequestType::Embeddings => self.embeddings,
+            RequestType::Completions => self.completions,
+        }
+    }
+}
+
+/// Price of one model, in USD per token.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pricing {
+    /// USD per input token.
+    pub input_per_token: f64,
+    /// USD per output token.
+    pub output_per_token: f64,
+}
+
+impl Pricing {
+    /// From the config's per-million-token prices.
+    pub fn per_mtok(input: f64, output: f64) -> Self {
+        Self {
+            input_per_token: input / 1e6,
+            output_per_token: output / 1e6,
+        }
+    }
+
+    /// Expected cost of a call with these token counts.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        self.input_per_token * input_tokens as f64 + self.output_per_token * output_tokens as f64
+    }
+}
+
+/// Per-call limits and identifiers the manager hands to the adapter.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// The overall request deadline: the adapter must not outlive it.
+    pub deadline: Option<Instant>,
+    /// A whole non-stream response.
+    pub response_timeout: Duration,
+    /// Streams: headers and first token.
+    pub first_token_timeout: Duration,
+    /// Streams: longest silence between events.
+    pub stream_idle_timeout: Duration,
+    /// Forwarded as `x-request-id`.
+    pub request_id: Option<String>,
+    /// Forwarded as `traceparent`.
+    pub traceparent: Option<String>,
+}
+
+impl Default for CallContext {
+    fn default() -> Self {
+        Self {
+            deadline: None,
+            response_timeout: Duration::from_secs(30),
+            first_token_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(10),
+            request_id: None,
+            traceparent: None,
+        }
+    }
+}
+
+impl CallContext {
+    /// `limit`, shortened so as not to pass the deadline.
+    pub fn bounded(&self, limit: Duration) -> Duration {
+        match self.deadline {
+            Some(deadline) => limit.min(deadline.saturating_duration_since(Instant::now())),
+            None => limit,
+        }
+    }
+}
+
+/// One upstream LLM provider.
+///
+/// Streams returned by [`Provider::chat_stream`] must follow the
+/// completeness rule: end (`None`) only after a chunk with `finish_reason`;
+/// a close without one is an `Err(ProviderError::StreamCut)` item.
+/// Callers pass requests whose `model` is already the upstream name.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider type, e.g. `openai`.
+    fn kind(&self) -> &str;
+
+    /// What this adapter supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Pricing the adapter knows for a model, when the config gives none.
+    fn pricing(&self, _upstream_model: &str) -> Option<Pricing> {
+        None
+    }
+
+    /// A non-streaming chat completion.
+    async fn chat(
+        &self,
+        request: ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError>;
+
+    /// A streaming chat completion: returns once response headers arrived.
+    async fn chat_stream(
+        &self,
+        request: ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatStream, ProviderError>;
+
+    /// Embeddings.
+    async fn embeddings(
+        &self,
+        _request: EmbeddingsRequest,
+        _ctx: &CallContext,
+    ) -> Result<EmbeddingsResponse, ProviderError> {
+        Err(ProviderError::Unsupported {
+            operation: "embeddings",
+        })
+    }
+
+    /// Legacy completions.
+    async fn completions(
+        &self,
+        _request: CompletionRequest,
+        _ctx: &CallContext,
+    ) -> Result<CompletionResponse, ProviderError> {
+        Err(ProviderError::Unsupported {
+            operation: "completions",
+        })
+    }
+
+    /// Anthropic Messages, native: `body` is the client's JSON with only
+    /// `model` rewritten; the upstream's JSON comes back untouched.
+    async fn messages(
+        &self,
+        _body: serde_json::Value,
+        _ctx: &CallContext,
+    ) -> Result<serde_json::Value, ProviderError> {
+        Err(ProviderError::Unsupported {
+            operation: "anthropic messages",
+        })
+    }
+
+    /// Anthropic Messages, native and streaming: the upstream's events untouched.
+    async fn messages_stream(
+        &self,
+        _body: serde_json::Value,
+        _ctx: &CallContext,
+    ) -> Result<RawEventStream, ProviderError> {
+        Err(ProviderError::Unsupported {
+            operation: "anthropic messages",
+        })
+    }
+
+    /// The upstream's model list.
+    async fn list_models(&self, ctx: &CallContext) -> Result<Vec<ModelInfo>, ProviderError>;
+
+    /// One active health check in the configured mode; never a billed call.
+    async fn health_check(&self, ctx: &CallContext) -> Result<(), ProviderError>;
+}
+
+/// Builds providers from config: how `add_dynamic_provider` and reloads
+/// turn a [`ProviderConfig`] into a live adapter.
+pub trait ProviderFactory: Send + Sync + 'static {
+    /// Builds the adapter, or explains which field is wrong.
+    fn create(&self, config: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError>;
+}
+
+/// A factory that knows no type: for library users who register provider
+/// instances directly.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoFactory;
+
+impl ProviderFactory for NoFactory {
+    fn create(&self, config: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError> {
+        Err(ConfigError::single(
+            "type",
+            format!(
+                "no factory is installed for provider type '{}'; register an instance instead",
+                config.kind
+            ),
+        ))
+    }
+}
+
+#[allow(dead_code)]
+fn assert_object_safe(_: &dyn Provider, _: &dyn ProviderFactory) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pricing_is_per_token() {
+        let p = Pricing::per_mtok(0.15, 0.60);
+        assert!((p.cost(1_000_000, 1_000_000) - 0.75).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_never_passes_the_deadline() {
+        let ctx = CallContext {
+            deadline: Some(Instant::now() + Duration::from_secs(3)),
+            ..CallContext::default()
+        };
+        assert_eq!(ctx.bounded(Duration::from_secs(10)), Duration::from_secs(3));
+        assert_eq!(ctx.bounded(Duration::from_secs(1)), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,225 @@
+//! Stream timing and completeness: the rules every chat stream obeys (SPEC §5).
+//!
+//! [`TimedStream`] wraps any provider stream and turns silence and early
+//! ends into distinct errors the manager acts on:
+//! - no content within `first_token_timeout` → `Timeout(FirstToken)`;
+//! - silence for `stream_idle_timeout` after content → `Timeout(StreamIdle)`;
+//! - the overall deadline → `Timeout(Deadline)`;
+//! - an end without `finish_reason` → `StreamCut`;
+//! - after a chunk with `finish_reason`, an end *or* 2 s of silence (a
+//!   missing `[DONE]`) finalises the stream cleanly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{ProviderError, TimeoutPhase};
+use crate::provider::CallContext;
+use crate::types::{ChatChunk, ChatStream};
+
+/// How long a complete stream may stay open waiting for its terminator.
+pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
+
+/// A chat stream with first-token, idle and deadline timeouts and the
+/// completeness rule applied.
+pub struct TimedStream {
+    inner: ChatStream,
+    sleep: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    deadline: Option<Instant>,
+    seen_content: bool,
+    finished: bool,
+    done: bool,
+    chunks: u64,
+}
+
+impl TimedStream {
+    /// Wraps `inner`; the first-token clock starts now.
+    pub fn new(inner: ChatStream, ctx: &CallContext) -> Self {
+        let mut stream = Self {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            idle_timeout: ctx.stream_idle_timeout,
+            deadline: ctx.deadline,
+            seen_content: false,
+            finished: false,
+            done: false,
+            chunks: 0,
+        };
+        stream.arm(ctx.first_token_timeout);
+        stream
+    }
+
+    /// Wraps `inner` with the first-token clock already partly used.
+    pub fn boxed(inner: ChatStream, ctx: &CallContext) -> ChatStream {
+        Box::pin(Self::new(inner, ctx))
+    }
+
+    fn arm(&mut self, limit: Duration) {
+        let mut at = Instant::now() + limit;
+        if let Some(deadline) = self.deadline {
+            at = at.min(deadline);
+        }
+        self.sleep.as_mut().reset(at);
+    }
+
+    fn on_chunk(&mut self, chunk: &ChatChunk) {
+        self.chunks += 1;
+        if chunk.finish_reason().is_some() {
+            self.finished = true;
+            self.arm(FINALIZE_AFTER);
+        } else if chunk.has_content() {
+            self.seen_content = true;
+            self.arm(self.idle_timeout);
+        } else if self.seen_content && !self.finished {
+            self.arm(self.idle_timeout);
+        }
+    }
+
+    fn timeout_error(&self) -> ProviderError {
+        let deadline_hit = self.deadline.is_some_and(|d| Instant::now() >= d);
+        let phase = if deadline_hit {
+            TimeoutPhase::Deadline
+        } else if self.seen_content {
+            TimeoutPhase::StreamIdle
+        } else {
+            TimeoutPhase::FirstToken
+        };
+        ProviderError::Timeout { phase }
+    }
+}
+
+impl Stream for TimedStream {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.on_chunk(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                if this.finished {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(ProviderError::StreamCut {
+                        chunks: this.chunks,
+                    })))
+                }
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.done = true;
+                    if this.finished {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Ready(Some(Err(this.timeout_error())))
+                    }
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn chunk(text: &str, finish: Option<&str>) -> ChatChunk {
+        serde_json::from_value(serde_json::json!({
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]
+        }))
+        .unwrap()
+    }
+
+    fn ctx() -> CallContext {
+        CallContext {
+            first_token_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(5),
+            ..CallContext::default()
+        }
+    }
+
+    async fn collect(stream: ChatStream) -> Vec<Result<String, ProviderError>> {
+        TimedStream::boxed(stream, &ctx())
+            .map(|r| r.map(|c| c.text()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_stream_ends_cleanly() {
+        let items = vec![Ok(chunk("a", None)), Ok(chunk("b", Some("stop")))];
+        let out = collect(Box::pin(futures_util::stream::iter(items))).await;
+        assert_eq!(out, vec![Ok("a".to_owned()), Ok("b".to_owned())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_end_without_finish_reason_is_a_cut() {
+        let items = vec![Ok(chunk("a", None))];
+        let out = collect(Box::pin(futures_util::stream::iter(items))).await;
+        assert_eq!(
+            out,
+            vec![
+                Ok("a".to_owned()),
+                Err(ProviderError::StreamCut { chunks: 1 })
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_before_content_is_a_first_token_timeout() {
+        let start = Instant::now();
+        let out = collect(Box::pin(futures_util::stream::pending())).await;
+        assert_eq!(
+            out,
+            vec![Err(ProviderError::Timeout {
+                phase: TimeoutPhase::FirstToken
+            })]
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_content_is_a_stall() {
+        let start = Instant::now();
+        let items = futures_util::stream::iter(vec![Ok(chunk("a", None))])
+            .chain(futures_util::stream::pending());
+        let out = collect(Box::pin(items)).await;
+        assert_eq!(
+            out,
+            vec![
+                Ok("a".to_owned()),
+                Err(ProviderError::Timeout {
+                    phase: TimeoutPhase::StreamIdle
+                })
+            ]
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_stream_missing_its_terminator_is_finalised_after_two_seconds() {
+        let start = Instant::now();
+        let items = futures_util::stream::iter(vec![Ok(chunk("a", Some("stop")))])
+            .chain(futures_util::stream::pending());
+        let out = collect(Box::pin(items)).await;
+        assert_eq!(out, vec![Ok("a".to_owned())]);
+        assert_eq!(start.elapsed(), FINALIZE_AFTER);
+    }
+}

@@ -1,0 +1,1 @@
+//! Provider adapters (placeholder while the crate is written).

@@ -1,0 +1,2 @@
+//! The switchyard binary (placeholder until the server issue).
+fn main() {}

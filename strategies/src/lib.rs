@@ -1,0 +1,1 @@
+//! Selection strategies (placeholder while the crate is written).

@@ -1,0 +1,2 @@
+//! Dev workflows (placeholder).
+fn main() {}
