@@ -567,6 +567,8 @@ pub enum ManagerError {
         trail: Vec<AttemptRecord>,
         /// The last error.
         last: Box<ProviderError>,
+        /// When the soonest cooldown of the model ends (for `Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The overall deadline expired.
     #[error("request deadline exceeded after {} attempts: {}", .trail.len(), describe_trail(.trail))]
@@ -759,6 +761,7 @@ mod tests {
             model: "m".into(),
             trail,
             last: Box::new(err),
+            retry_after: None,
         };
         assert_eq!(exhausted.severity(), Severity::High);
         assert_eq!(

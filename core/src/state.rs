@@ -397,6 +397,14 @@ impl DeploymentState {
         Some(Duration::from_millis(now_ms.saturating_sub(opened)))
     }
 
+    /// Ends an ongoing ejection now, so the next request may probe
+    /// (auto-recovery after a passing active check).
+    pub fn end_ejection(&self, now_ms: u64) {
+        if self.circuit() == CircuitState::Open {
+            self.ejected_until_ms.fetch_min(now_ms, RELAXED);
+        }
+    }
+
     /// Ejections so far (drives the doubling; cleared by a reset).
     pub fn ejections(&self) -> u32 {
         self.ejections.load(RELAXED)

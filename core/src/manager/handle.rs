@@ -6,6 +6,7 @@
 //! A guard dropped without an outcome is a cancellation: it never counts
 //! against the deployment, and a probe permit it held is given back.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +33,10 @@ use super::ManagerInner;
 pub struct ProviderHandle {
     inner: Arc<ManagerInner>,
     deployment: Arc<Deployment>,
-    requested_model: Arc<str>,
-    probe: Arc<AtomicBool>,
+    // Only wildcard deployments need the requested name; only probes need a
+    // shared flag. Keeping both optional makes an ordinary pick allocation-free.
+    requested_model: Option<Arc<str>>,
+    probe: Option<Arc<AtomicBool>>,
     panic: bool,
 }
 
@@ -53,8 +56,8 @@ impl Clone for ProviderHandle {
         Self {
             inner: Arc::clone(&self.inner),
             deployment: Arc::clone(&self.deployment),
-            requested_model: Arc::clone(&self.requested_model),
-            probe: Arc::clone(&self.probe),
+            requested_model: self.requested_model.clone(),
+            probe: self.probe.clone(),
             panic: self.panic,
         }
     }
@@ -63,8 +66,10 @@ impl Clone for ProviderHandle {
 impl Drop for ProviderHandle {
     fn drop(&mut self) {
         // The last holder of an unused probe permit gives it back.
-        if Arc::strong_count(&self.probe) == 1 && self.probe.swap(false, Ordering::AcqRel) {
-            self.deployment.state().release_probe();
+        if let Some(probe) = &self.probe {
+            if Arc::strong_count(probe) == 1 && probe.swap(false, Ordering::AcqRel) {
+                self.deployment.state().release_probe();
+            }
         }
     }
 }
@@ -79,9 +84,9 @@ impl ProviderHandle {
     ) -> Self {
         Self {
             inner,
+            requested_model: deployment.is_wildcard().then(|| Arc::from(requested_model)),
             deployment,
-            requested_model: Arc::from(requested_model),
-            probe: Arc::new(AtomicBool::new(probe)),
+            probe: probe.then(|| Arc::new(AtomicBool::new(true))),
             panic,
         }
     }
@@ -94,16 +99,14 @@ impl ProviderHandle {
     /// The client-facing model this handle serves (the requested name for
     /// a wildcard deployment).
     pub fn model(&self) -> &str {
-        if self.deployment.is_wildcard() {
-            &self.requested_model
-        } else {
-            self.deployment.model()
-        }
+        self.requested_model
+            .as_deref()
+            .unwrap_or(self.deployment.model())
     }
 
     /// The name sent upstream.
     pub fn upstream_model(&self) -> &str {
-        self.deployment.upstream_for(&self.requested_model)
+        self.deployment.upstream_for(self.model())
     }
 
     /// The adapter, for calls the handle does not wrap (use [`Self::begin`]).
@@ -123,7 +126,9 @@ impl ProviderHandle {
 
     /// Whether the next call is the half-open probe of this deployment.
     pub fn is_probe(&self) -> bool {
-        self.probe.load(Ordering::Acquire)
+        self.probe
+            .as_ref()
+            .is_some_and(|p| p.load(Ordering::Acquire))
     }
 
     /// Whether this handle was chosen in panic mode.
@@ -138,7 +143,10 @@ impl ProviderHandle {
 
     /// Starts recording one call: in-flight now, outcome when finished.
     pub fn begin(&self) -> CallGuard {
-        let probe = self.probe.swap(false, Ordering::AcqRel);
+        let probe = self
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.swap(false, Ordering::AcqRel));
         let now_ms = self.inner.clock.now_ms();
         self.deployment.state().begin_call(now_ms);
         self.deployment.provider_state().begin_call(now_ms);
@@ -146,6 +154,7 @@ impl ProviderHandle {
             inner: Arc::clone(&self.inner),
             deployment: Arc::clone(&self.deployment),
             probe,
+            panic: self.panic,
             started: Instant::now(),
             finished: false,
             failed: false,
@@ -234,10 +243,10 @@ impl ProviderHandle {
             other => other,
         });
         match opened {
-            Ok(stream) => Ok(Box::pin(GuardedStream {
-                inner: TimedStream::boxed(stream, ctx),
-                guard: Some(guard),
-            })),
+            Ok(stream) => Ok(Box::pin(GuardedStream::new(
+                TimedStream::boxed(stream, ctx),
+                guard,
+            ))),
             Err(error) => {
                 guard.fail(&error);
                 Err(error)
@@ -246,7 +255,7 @@ impl ProviderHandle {
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     ctx: &CallContext,
     limit: Duration,
     call: impl Future<Output = Result<T, ProviderError>>,
@@ -263,13 +272,12 @@ async fn bounded<T>(
     }
 }
 
-use std::future::Future;
-
 /// Records one call on drop: a cancellation unless told otherwise.
 pub struct CallGuard {
     inner: Arc<ManagerInner>,
     deployment: Arc<Deployment>,
     probe: bool,
+    panic: bool,
     started: Instant,
     finished: bool,
     failed: bool,
@@ -306,8 +314,13 @@ impl CallGuard {
     pub fn fail(mut self, error: &ProviderError) {
         self.finished = true;
         self.failed = !matches!(error, ProviderError::Cancelled);
-        self.inner
-            .record_failure(&self.deployment, error, self.started.elapsed(), self.probe);
+        self.inner.record_failure(
+            &self.deployment,
+            error,
+            self.started.elapsed(),
+            self.probe,
+            self.panic,
+        );
     }
 
     /// Records the outcome of `result`.
@@ -333,9 +346,18 @@ impl Drop for CallGuard {
 }
 
 /// A stream that records its call's outcome when it ends.
-struct GuardedStream {
+pub(crate) struct GuardedStream {
     inner: ChatStream,
     guard: Option<CallGuard>,
+}
+
+impl GuardedStream {
+    pub(crate) fn new(inner: ChatStream, guard: CallGuard) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
 }
 
 impl Stream for GuardedStream {

@@ -5,11 +5,15 @@
 //! build a new registry from the old one and swap it in; requests already
 //! holding a handle finish on the config they started with.
 
+mod budget;
+mod failover;
 mod handle;
+mod health;
 mod select;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -26,7 +30,9 @@ use crate::state::{CircuitState, Clock, DeploymentState, Health, Lifecycle, Prov
 use crate::strategy::StrategyRegistry;
 use crate::types::RequestType;
 
+pub use failover::{Attempt, FailoverOptions, FailoverResult, ManagedStream};
 pub use handle::{CallGuard, ProviderHandle};
+pub use health::HealthChecker;
 pub use select::SelectRequest;
 
 /// Decides whether a deployment may take one more request beyond the
@@ -87,7 +93,97 @@ pub struct ProviderLoadStats {
     pub success_rate: f64,
 }
 
+/// Manager-wide counters behind [`ProviderManager::metrics_snapshot`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    requests: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    switches: AtomicU64,
+    health_checks: AtomicU64,
+    health_check_failures: AtomicU64,
+    recoveries: AtomicU64,
+    recovery_ms: AtomicU64,
+    panic_selections: AtomicU64,
+}
+
+impl Counters {
+    fn bump(cell: &AtomicU64) {
+        cell.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn request(&self) {
+        Self::bump(&self.requests);
+    }
+
+    pub fn success(&self) {
+        Self::bump(&self.successes);
+    }
+
+    pub fn failure(&self) {
+        Self::bump(&self.failures);
+    }
+
+    pub fn switch(&self) {
+        Self::bump(&self.switches);
+    }
+
+    fn health_check(&self, passed: bool) {
+        Self::bump(&self.health_checks);
+        if !passed {
+            Self::bump(&self.health_check_failures);
+        }
+    }
+
+    fn recovery(&self, took: Duration) {
+        Self::bump(&self.recoveries);
+        self.recovery_ms.fetch_add(millis(took), Ordering::Relaxed);
+    }
+}
+
+/// Manager-wide figures (the seed's metrics), from [`ProviderManager::metrics_snapshot`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    /// Active health checks run.
+    pub health_checks_run: u64,
+    /// Active health checks failed.
+    pub health_checks_failed: u64,
+    /// Switches from one deployment to another during failover.
+    pub provider_switches: u64,
+    /// Circuits closed or providers recovered.
+    pub recoveries: u64,
+    /// Mean time from fault to recovery.
+    pub average_recovery_time_ms: f64,
+    /// Requests run through failover.
+    pub requests_total: u64,
+    /// Of which succeeded.
+    pub requests_succeeded: u64,
+    /// Successes / requests (1 with no requests).
+    pub request_success_rate: f64,
+    /// Picks made in panic mode.
+    pub panic_selections: u64,
+    /// Per-provider counters.
+    pub providers: Vec<ProviderCounters>,
+}
+
+/// Per-provider counters of a [`MetricsSnapshot`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProviderCounters {
+    /// Provider id.
+    pub provider_id: String,
+    /// Calls that succeeded (all deployments, lifetime of their state).
+    pub successes: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// Health.
+    pub health: Health,
+}
+
 pub(crate) struct ManagerInner {
+    pub counters: Counters,
+    budget: budget::RetryBudget,
     pub options: ManagerOptions,
     pub clock: Clock,
     registry: ArcSwap<Registry>,
@@ -208,6 +304,7 @@ impl ManagerInner {
         error: &ProviderError,
         latency: Duration,
         probe: bool,
+        panic: bool,
     ) {
         if matches!(error, ProviderError::Cancelled) {
             self.record_cancelled(d, probe);
@@ -249,6 +346,10 @@ impl ManagerInner {
             if probe {
                 self.record_success(d, latency, true);
             }
+            return;
+        }
+        if panic {
+            // Panic-mode failures never lengthen an ejection.
             return;
         }
         if error.is_provider_wide() {
@@ -328,6 +429,7 @@ impl ManagerInner {
                 phase: crate::error::TimeoutPhase::Response,
             }),
         };
+        self.counters.health_check(result.is_ok());
         if self.metrics_on() {
             let outcome = if result.is_ok() { "success" } else { "failure" };
             metrics::counter!("switchyard_health_checks_total", "provider" => provider_id.to_owned(), "result" => outcome)
@@ -478,6 +580,8 @@ impl ManagerBuilder {
             .events
             .unwrap_or_else(|| EventBus::new(4096, config.manager.recent_events));
         let inner = Arc::new(ManagerInner {
+            counters: Counters::default(),
+            budget: budget::RetryBudget::new(&config.manager.retry_budget),
             options: config.manager,
             clock,
             registry: ArcSwap::from_pointee(registry),
@@ -593,8 +697,11 @@ impl ProviderManager {
                 model: selected.deployment.model().to_owned(),
             });
         }
-        if selected.panic && self.inner.metrics_on() {
-            metrics::counter!("switchyard_panic_selections_total").increment(1);
+        if selected.panic {
+            Counters::bump(&self.inner.counters.panic_selections);
+            if self.inner.metrics_on() {
+                metrics::counter!("switchyard_panic_selections_total").increment(1);
+            }
         }
         Ok(ProviderHandle::new(
             Arc::clone(&self.inner),
@@ -981,6 +1088,64 @@ impl ProviderManager {
             .load()
             .provider(provider_id)
             .map(|p| Arc::clone(&p.provider))
+    }
+
+    /// Manager-wide figures: health checks, switches, recovery time, success rate.
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let c = &self.inner.counters;
+        let get = |cell: &AtomicU64| cell.load(Ordering::Relaxed);
+        let requests = get(&c.requests);
+        let successes = get(&c.successes);
+        let recoveries = get(&c.recoveries);
+        let registry = self.inner.registry.load();
+        let now_ms = self.inner.clock.now_ms();
+        let providers = registry
+            .providers
+            .iter()
+            .map(|entry| {
+                let (successes, failures) = entry
+                    .deployments
+                    .iter()
+                    .map(|d| d.state().outcomes())
+                    .fold((0, 0), |(s, f), (ds, df)| (s + ds, f + df));
+                ProviderCounters {
+                    provider_id: entry.config.id.clone(),
+                    successes,
+                    failures,
+                    in_flight: entry.state.in_flight(),
+                    health: if entry.config.enabled {
+                        entry
+                            .deployments
+                            .iter()
+                            .map(|d| d.health(now_ms))
+                            .min()
+                            .unwrap_or(Health::Healthy)
+                    } else {
+                        Health::Disabled
+                    },
+                }
+            })
+            .collect();
+        MetricsSnapshot {
+            health_checks_run: get(&c.health_checks),
+            health_checks_failed: get(&c.health_check_failures),
+            provider_switches: get(&c.switches),
+            recoveries,
+            average_recovery_time_ms: if recoveries == 0 {
+                0.0
+            } else {
+                get(&c.recovery_ms) as f64 / recoveries as f64
+            },
+            requests_total: requests,
+            requests_succeeded: successes,
+            request_success_rate: if requests == 0 {
+                1.0
+            } else {
+                successes as f64 / requests as f64
+            },
+            panic_selections: get(&c.panic_selections),
+            providers,
+        }
     }
 
     /// Load per provider, least loaded first (SPEC §3).

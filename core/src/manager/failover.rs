@@ -1,0 +1,578 @@
+//! The failover loop (SPEC §5): attempts, retries, switches, cooldown waits, fallbacks.
+//!
+//! One plain loop over the requested model, then its fallbacks, collecting
+//! every attempt in a trail. Per attempt: select (tiers of §4, excluding
+//! deployments this request must not use again), run the caller's `op`
+//! under the per-attempt timeout and the overall deadline, record the
+//! outcome through the call guard, then decide by the error's class:
+//! final 4xx → return it; context length → context-window fallbacks;
+//! transient → retry the same deployment once, with jittered backoff;
+//! 429 → the deployment cools down, and when nothing else of the model can
+//! serve we wait for the cooldown if it ends within `retry_after_cap`;
+//! anything else → switch. Every retry or switch draws on the retry budget.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::error::{AttemptRecord, ManagerError, ProviderError, TimeoutPhase, UpstreamCategory};
+use crate::event::EventKind;
+use crate::provider::{CallContext, Provider};
+use crate::registry::Deployment;
+use crate::state::{CircuitState, DeploymentState};
+use crate::stream::TimedStream;
+use crate::types::{ChatChunk, ChatStream, RequestType};
+
+use super::handle::{GuardedStream, bounded};
+use super::{ProviderHandle, ProviderManager, SelectRequest};
+
+/// Options of one failover execution (the seed's `{ modelId, requestType, maxRetries, timeout }`).
+#[derive(Clone, Debug)]
+pub struct FailoverOptions {
+    /// Requested model.
+    pub model: String,
+    /// Request type.
+    pub request_type: RequestType,
+    /// Retries on each model (default: route, then `[manager] max_retries`).
+    pub max_retries: Option<u32>,
+    /// Overall deadline (default: route, then `request_timeout`).
+    pub timeout: Option<Duration>,
+    /// Region the client asked for.
+    pub region: Option<String>,
+    /// Estimated prompt tokens (for context checks and cost).
+    pub estimated_input_tokens: u32,
+    /// Requested output limit.
+    pub max_output_tokens: Option<u32>,
+    /// Forwarded upstream as `x-request-id`, and logged.
+    pub request_id: Option<String>,
+    /// Forwarded upstream as `traceparent`.
+    pub traceparent: Option<String>,
+}
+
+impl FailoverOptions {
+    /// Options for `model` and `request_type`, everything else default.
+    pub fn new(model: impl Into<String>, request_type: RequestType) -> Self {
+        Self {
+            model: model.into(),
+            request_type,
+            max_retries: None,
+            timeout: None,
+            region: None,
+            estimated_input_tokens: 0,
+            max_output_tokens: None,
+            request_id: None,
+            traceparent: None,
+        }
+    }
+}
+
+/// What `op` gets for one attempt. The model may be a fallback: `op` must
+/// send `upstream_model`, not the model the client asked for.
+#[derive(Clone)]
+pub struct Attempt {
+    /// The adapter to call.
+    pub provider: Arc<dyn Provider>,
+    /// Its id.
+    pub provider_id: String,
+    /// Client-facing model of this attempt (the requested one or a fallback).
+    pub model: String,
+    /// The name to send upstream.
+    pub upstream_model: String,
+    /// 1-based attempt number within the request.
+    pub attempt_no: u32,
+    /// The request's overall deadline.
+    pub deadline: Instant,
+    /// Timeouts and ids for the adapter call.
+    pub ctx: CallContext,
+    /// Whether `model` is a fallback of the requested model.
+    pub is_fallback: bool,
+    /// The deployment.
+    pub deployment: Arc<Deployment>,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("provider_id", &self.provider_id)
+            .field("model", &self.model)
+            .field("upstream_model", &self.upstream_model)
+            .field("attempt_no", &self.attempt_no)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful failover execution.
+#[derive(Debug)]
+pub struct FailoverResult<T> {
+    /// What `op` returned.
+    pub result: T,
+    /// The provider that answered.
+    pub provider_id: String,
+    /// The model that answered (may be a fallback).
+    pub model: String,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+    /// Every attempt, the successful one last.
+    pub trail: Vec<AttemptRecord>,
+}
+
+/// A stream that has produced its first content: the buffered prefix, then the rest.
+pub struct ManagedStream {
+    prefix: VecDeque<ChatChunk>,
+    rest: Option<ChatStream>,
+}
+
+impl std::fmt::Debug for ManagedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedStream")
+            .field("buffered", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagedStream {
+    fn new(prefix: Vec<ChatChunk>, rest: Option<ChatStream>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            rest,
+        }
+    }
+}
+
+impl Stream for ManagedStream {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => rest.as_mut().poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Backoff before retrying the same deployment: 50 ms doubling, capped at
+/// 2 s, with full jitter.
+fn backoff(retry: u32) -> Duration {
+    let ceiling = Duration::from_millis(50)
+        .saturating_mul(1 << retry.min(6))
+        .min(Duration::from_secs(2));
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(2_000).max(1);
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+}
+
+impl ProviderManager {
+    /// Runs `op` against the best deployment, failing over as SPEC §5 says.
+    pub async fn execute_with_failover<T, F, Fut>(
+        &self,
+        options: FailoverOptions,
+        mut op: F,
+    ) -> Result<FailoverResult<T>, ManagerError>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.drive(options, move |handle: ProviderHandle, attempt: Attempt| {
+            let ctx = attempt.ctx.clone();
+            let call = op(attempt);
+            async move {
+                let guard = handle.begin();
+                let result = bounded(&ctx, ctx.response_timeout, call).await;
+                guard.finish(&result);
+                result
+            }
+        })
+        .await
+    }
+
+    /// The streaming form: returns once the first content or tool-call
+    /// delta arrived (or the stream completed), so every failure before
+    /// that point fails over invisibly. `op` returns the adapter's stream.
+    pub async fn execute_stream_with_failover<F, Fut>(
+        &self,
+        options: FailoverOptions,
+        mut op: F,
+    ) -> Result<FailoverResult<ManagedStream>, ManagerError>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<ChatStream, ProviderError>>,
+    {
+        self.drive(options, move |handle: ProviderHandle, attempt: Attempt| {
+            let ctx = attempt.ctx.clone();
+            let call = op(attempt);
+            async move {
+                let guard = handle.begin();
+                let opened =
+                    bounded(&ctx, ctx.first_token_timeout, call)
+                        .await
+                        .map_err(|e| match e {
+                            ProviderError::Timeout {
+                                phase: TimeoutPhase::Response,
+                            } => ProviderError::Timeout {
+                                phase: TimeoutPhase::FirstByte,
+                            },
+                            other => other,
+                        });
+                let stream = match opened {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        guard.fail(&error);
+                        return Err(error);
+                    }
+                };
+                let mut stream: ChatStream =
+                    Box::pin(GuardedStream::new(TimedStream::boxed(stream, &ctx), guard));
+                let mut prefix = Vec::new();
+                loop {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => {
+                            let started = chunk.has_content() || chunk.finish_reason().is_some();
+                            prefix.push(chunk);
+                            if started {
+                                return Ok(ManagedStream::new(prefix, Some(stream)));
+                            }
+                        }
+                        Some(Err(error)) => return Err(error),
+                        None => return Ok(ManagedStream::new(prefix, None)),
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn drive<T, R, Fut>(
+        &self,
+        options: FailoverOptions,
+        mut run: R,
+    ) -> Result<FailoverResult<T>, ManagerError>
+    where
+        R: FnMut(ProviderHandle, Attempt) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let inner = &self.inner;
+        let route = self.route(&options.model).unwrap_or_default();
+        let max_retries = options
+            .max_retries
+            .or(route.max_retries)
+            .unwrap_or(inner.options.max_retries);
+        let timeout = options
+            .timeout
+            .or(route.request_timeout)
+            .unwrap_or(inner.options.request_timeout);
+        let deadline = Instant::now() + timeout;
+        let wait_cap = route
+            .retry_after_cap
+            .unwrap_or(inner.options.retry_after_cap);
+        let mut base_ctx = inner.call_context(Some(&route));
+        base_ctx.deadline = Some(deadline);
+        base_ctx.request_id = options.request_id.clone();
+        base_ctx.traceparent = options.traceparent.clone();
+        inner.budget.deposit(inner.clock.now_ms());
+        inner.counters.request();
+
+        let mut queue: VecDeque<(String, bool)> = VecDeque::new();
+        queue.push_back((options.model.clone(), false));
+        queue.extend(route.fallbacks.iter().map(|m| (m.clone(), true)));
+        let mut visited: Vec<String> = Vec::new();
+        let mut excluded: Vec<Arc<DeploymentState>> = Vec::new();
+        let mut trail: Vec<AttemptRecord> = Vec::new();
+        let mut last_error: Option<ProviderError> = None;
+        let mut previous: Option<(String, String)> = None;
+        let mut attempt_no = 0u32;
+        let mut budget_spent = false;
+
+        'models: while let Some((model, is_fallback)) = queue.pop_front() {
+            if visited.contains(&model) {
+                continue;
+            }
+            visited.push(model.clone());
+            let mut on_model = 0u32;
+            let mut retried: Vec<Arc<DeploymentState>> = Vec::new();
+            let mut retry_same: Option<ProviderHandle> = None;
+            while on_model <= max_retries {
+                if Instant::now() >= deadline {
+                    return Err(self.fail_deadline(trail));
+                }
+                let handle = match retry_same.take() {
+                    Some(handle) => handle,
+                    None => {
+                        let request = SelectRequest {
+                            model: &model,
+                            request_type: options.request_type,
+                            region: options.region.as_deref(),
+                            estimated_input_tokens: options.estimated_input_tokens,
+                            max_output_tokens: options.max_output_tokens,
+                            exclude: &excluded,
+                            allow_panic: false,
+                        };
+                        match self.select(&request) {
+                            Ok(handle) => handle,
+                            Err(ManagerError::NoCapacity {
+                                retry_after: Some(wait),
+                                ..
+                            }) if wait <= wait_cap && Instant::now() + wait < deadline => {
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
+                            Err(
+                                error @ (ManagerError::UnknownModel { .. }
+                                | ManagerError::NoProviders),
+                            ) if !is_fallback => {
+                                return Err(error);
+                            }
+                            Err(_) => continue 'models,
+                        }
+                    }
+                };
+                attempt_no += 1;
+                on_model += 1;
+                if attempt_no > 1 && !inner.budget.try_withdraw(inner.clock.now_ms()) {
+                    budget_spent = true;
+                    tracing::warn!(model = %options.model, attempts = attempt_no - 1, "retry budget spent; giving up");
+                    break 'models;
+                }
+                self.note_switch(&mut previous, &handle);
+                let attempt = Attempt {
+                    provider: Arc::clone(handle.provider()),
+                    provider_id: handle.provider_id().to_owned(),
+                    model: handle.model().to_owned(),
+                    upstream_model: handle.upstream_model().to_owned(),
+                    attempt_no,
+                    deadline,
+                    ctx: base_ctx.clone(),
+                    is_fallback,
+                    deployment: Arc::clone(handle.deployment()),
+                };
+                let started = Instant::now();
+                let outcome = run(handle.clone(), attempt).await;
+                let duration = started.elapsed();
+                let record = |outcome: &'static str, status: Option<u16>| AttemptRecord {
+                    attempt: attempt_no,
+                    provider_id: handle.provider_id().to_owned(),
+                    model: handle.model().to_owned(),
+                    outcome,
+                    status,
+                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                };
+                let error = match outcome {
+                    Ok(result) => {
+                        trail.push(record("ok", None));
+                        inner.counters.success();
+                        return Ok(FailoverResult {
+                            result,
+                            provider_id: handle.provider_id().to_owned(),
+                            model: handle.model().to_owned(),
+                            attempts: attempt_no,
+                            trail,
+                        });
+                    }
+                    Err(error) => error,
+                };
+                trail.push(record(error.kind(), error.status()));
+                self.note_failure(
+                    &handle,
+                    &error,
+                    attempt_no,
+                    duration,
+                    options.request_id.as_deref(),
+                );
+                if matches!(error, ProviderError::Cancelled)
+                    || matches!(
+                        error,
+                        ProviderError::Timeout {
+                            phase: TimeoutPhase::Deadline
+                        }
+                    )
+                {
+                    return Err(self.fail_deadline(trail));
+                }
+                if error.is_final_client_error() {
+                    if let Some(upstream) = error.upstream_error() {
+                        inner.counters.failure();
+                        return Err(ManagerError::Rejected {
+                            error: upstream.clone(),
+                            provider_id: handle.provider_id().to_owned(),
+                            trail,
+                        });
+                    }
+                }
+                let state = Arc::clone(handle.deployment().state());
+                if error.category() == Some(UpstreamCategory::ContextLength) {
+                    excluded.push(state);
+                    for fallback in route.context_window_fallbacks.iter().rev() {
+                        queue.push_front((fallback.clone(), true));
+                    }
+                    last_error = Some(error);
+                    continue 'models;
+                }
+                let transient_retry = error.is_retryable()
+                    && !retried.iter().any(|s| Arc::ptr_eq(s, &state))
+                    && state.effective_circuit(inner.clock.now_ms()) == CircuitState::Closed
+                    && !handle.is_panic();
+                if transient_retry {
+                    retried.push(Arc::clone(&state));
+                    let pause = backoff(u32::try_from(retried.len()).unwrap_or(1));
+                    if Instant::now() + pause < deadline {
+                        tokio::time::sleep(pause).await;
+                        retry_same = Some(handle);
+                    }
+                } else if !error.starts_cooldown() {
+                    excluded.push(state);
+                }
+                last_error = Some(error);
+            }
+        }
+
+        if trail.is_empty() && !budget_spent {
+            // Every deployment of the model and its fallbacks is out: panic mode.
+            let mut request = SelectRequest::new(&options.model, options.request_type);
+            request.region = options.region.as_deref();
+            request.estimated_input_tokens = options.estimated_input_tokens;
+            request.max_output_tokens = options.max_output_tokens;
+            match self.select(&request) {
+                Ok(handle) => {
+                    let attempt = Attempt {
+                        provider: Arc::clone(handle.provider()),
+                        provider_id: handle.provider_id().to_owned(),
+                        model: handle.model().to_owned(),
+                        upstream_model: handle.upstream_model().to_owned(),
+                        attempt_no: 1,
+                        deadline,
+                        ctx: base_ctx.clone(),
+                        is_fallback: false,
+                        deployment: Arc::clone(handle.deployment()),
+                    };
+                    let started = Instant::now();
+                    let outcome = run(handle.clone(), attempt).await;
+                    let duration_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let mut record = AttemptRecord {
+                        attempt: 1,
+                        provider_id: handle.provider_id().to_owned(),
+                        model: handle.model().to_owned(),
+                        outcome: "ok",
+                        status: None,
+                        duration_ms,
+                    };
+                    match outcome {
+                        Ok(result) => {
+                            trail.push(record);
+                            inner.counters.success();
+                            return Ok(FailoverResult {
+                                result,
+                                provider_id: handle.provider_id().to_owned(),
+                                model: handle.model().to_owned(),
+                                attempts: 1,
+                                trail,
+                            });
+                        }
+                        Err(error) => {
+                            record.outcome = error.kind();
+                            record.status = error.status();
+                            trail.push(record);
+                            self.note_failure(
+                                &handle,
+                                &error,
+                                1,
+                                started.elapsed(),
+                                options.request_id.as_deref(),
+                            );
+                            last_error = Some(error);
+                        }
+                    }
+                }
+                Err(error) => {
+                    inner.counters.failure();
+                    return Err(error);
+                }
+            }
+        }
+        inner.counters.failure();
+        let retry_after = self.earliest_cooldown(&options.model);
+        Err(ManagerError::Exhausted {
+            model: options.model,
+            trail,
+            last: Box::new(last_error.unwrap_or(ProviderError::Protocol {
+                message: "no attempt could be made".to_owned(),
+            })),
+            retry_after,
+        })
+    }
+
+    fn fail_deadline(&self, trail: Vec<AttemptRecord>) -> ManagerError {
+        self.inner.counters.failure();
+        ManagerError::DeadlineExceeded { trail }
+    }
+
+    fn note_switch(&self, previous: &mut Option<(String, String)>, handle: &ProviderHandle) {
+        if let Some((provider, model)) = previous.take() {
+            if provider != handle.provider_id() || model != handle.model() {
+                self.inner.counters.switch();
+                if self.inner.options.enable_metrics {
+                    metrics::counter!("switchyard_provider_switches_total").increment(1);
+                }
+                self.inner.emit(EventKind::ProviderSwitch {
+                    from_provider: provider,
+                    from_model: model,
+                    to_provider: handle.provider_id().to_owned(),
+                    to_model: handle.model().to_owned(),
+                    reason: "failover".to_owned(),
+                });
+            }
+        }
+        *previous = Some((handle.provider_id().to_owned(), handle.model().to_owned()));
+    }
+
+    fn note_failure(
+        &self,
+        handle: &ProviderHandle,
+        error: &ProviderError,
+        attempt: u32,
+        duration: Duration,
+        request_id: Option<&str>,
+    ) {
+        tracing::warn!(
+            provider = %handle.provider_id(),
+            model = %handle.model(),
+            attempt,
+            status = error.status(),
+            error_kind = error.kind(),
+            duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            "attempt failed"
+        );
+        self.inner.emit(EventKind::ProviderRequestFailed {
+            provider_id: handle.provider_id().to_owned(),
+            model: handle.model().to_owned(),
+            attempt,
+            status: error.status(),
+            error_kind: error.kind().to_owned(),
+            duration,
+            request_id: request_id.map(str::to_owned),
+        });
+    }
+
+    /// When the soonest cooldown of `model`'s deployments ends.
+    pub fn earliest_cooldown(&self, model: &str) -> Option<Duration> {
+        let registry = self.inner.registry.load();
+        let now_ms = self.inner.clock.now_ms();
+        registry
+            .index(model)?
+            .deployments
+            .iter()
+            .map(|d| d.state().cooldown_until_ms())
+            .filter(|&until| until > now_ms)
+            .min()
+            .map(|until| Duration::from_millis(until - now_ms))
+    }
+}
