@@ -34,16 +34,16 @@ impl Clock {
         }
     }
 
-    /// Milliseconds since the epoch (at least 1, so 0 can mean "never").
+    /// Milliseconds since the epoch, plus one so that 0 can mean "never".
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
     }
 
     /// The instant of a millisecond stamp.
     pub fn instant_at(&self, ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(ms)
+        self.epoch + Duration::from_millis(ms.saturating_sub(1))
     }
 }
 

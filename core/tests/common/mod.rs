@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use switchyard_core::testing::ScriptedProvider;
 use switchyard_core::{
-    ChatMessage, ChatRequest, EventKind, ManagerBuilder, ProviderConfig, ProviderEvent, ProviderManager, Received,
-    Subscription,
+    ChatMessage, ChatRequest, EventKind, ManagerBuilder, ProviderConfig, ProviderEvent,
+    ProviderManager, Received, Subscription,
 };
 
 /// A provider config of type `mock` serving `models`.
