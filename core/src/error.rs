@@ -552,7 +552,7 @@ pub enum ManagerError {
     #[error("{}", .error.message)]
     Rejected {
         /// The upstream error.
-        error: UpstreamError,
+        error: Box<UpstreamError>,
         /// Which provider said it.
         provider_id: String,
         /// Attempts so far.

@@ -62,8 +62,9 @@ pub use error::{
 };
 pub use event::{EventKind, ProviderEvent};
 pub use manager::{
-    AddOptions, AddOutcome, AdmissionControl, CallGuard, ManagerBuilder, ProviderHandle,
-    ProviderLoadStats, ProviderManager, SelectRequest, Unlimited,
+    AddOptions, AddOutcome, AdmissionControl, Attempt, CallGuard, FailoverOptions, FailoverResult,
+    HealthChecker, ManagedStream, ManagerBuilder, MetricsSnapshot, ProviderCounters,
+    ProviderHandle, ProviderLoadStats, ProviderManager, SelectRequest, Unlimited,
 };
 pub use provider::{CallContext, Capabilities, NoFactory, Pricing, Provider, ProviderFactory};
 pub use registry::Deployment;

@@ -715,7 +715,11 @@ mod tests {
         }
         w.record_failure(59_000);
         assert_eq!(w.totals(59_500), (4, 1));
-        assert_eq!(w.per_minute(61_000), 3, "the first bucket aged out");
+        assert_eq!(
+            w.per_minute(61_000),
+            2,
+            "the first 5 s bucket (0 ms and 1,000 ms) aged out"
+        );
         assert_eq!(w.per_minute(200_000), 0);
     }
 

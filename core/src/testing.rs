@@ -120,6 +120,7 @@ pub struct CallRecord {
 struct Script {
     queue: VecDeque<Step>,
     default: Step,
+    per_model: Vec<(String, VecDeque<Step>, Option<Step>)>,
     health: VecDeque<Result<(), ProviderError>>,
     health_default: Result<(), ProviderError>,
 }
@@ -157,6 +158,7 @@ impl ScriptedProvider {
             script: Mutex::new(Script {
                 queue: VecDeque::new(),
                 default: Step::ok(),
+                per_model: Vec::new(),
                 health: VecDeque::new(),
                 health_default: Ok(()),
             }),
@@ -199,6 +201,30 @@ impl ScriptedProvider {
     /// Queues steps for the next calls.
     pub fn then(&self, step: Step) -> &Self {
         self.script.lock().queue.push_back(step);
+        self
+    }
+
+    /// Sets the default step for calls naming upstream model `model`.
+    pub fn always_for(&self, model: &str, step: Step) -> &Self {
+        let mut script = self.script.lock();
+        match script.per_model.iter_mut().find(|(m, _, _)| m == model) {
+            Some(entry) => entry.2 = Some(step),
+            None => script
+                .per_model
+                .push((model.to_owned(), VecDeque::new(), Some(step))),
+        }
+        self
+    }
+
+    /// Queues a step for the next call naming upstream model `model`.
+    pub fn then_for(&self, model: &str, step: Step) -> &Self {
+        let mut script = self.script.lock();
+        match script.per_model.iter_mut().find(|(m, _, _)| m == model) {
+            Some(entry) => entry.1.push_back(step),
+            None => script
+                .per_model
+                .push((model.to_owned(), VecDeque::from([step]), None)),
+        }
         self
     }
 
@@ -254,7 +280,7 @@ impl ScriptedProvider {
         });
     }
 
-    fn next_step(&self) -> Step {
+    fn next_step(&self, model: &str) -> Step {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some((every, error)) = &self.fail_every {
             if n % every == 0 {
@@ -262,6 +288,12 @@ impl ScriptedProvider {
             }
         }
         let mut script = self.script.lock();
+        if let Some((_, queue, default)) = script.per_model.iter_mut().find(|(m, _, _)| m == model)
+        {
+            if let Some(step) = queue.pop_front().or_else(|| default.clone()) {
+                return step;
+            }
+        }
         script
             .queue
             .pop_front()
@@ -349,7 +381,7 @@ impl Provider for ScriptedProvider {
         _ctx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
         self.log("chat", &request.model);
-        let step = self.next_step();
+        let step = self.next_step(&request.model);
         Self::settle(&step).await?;
         let text = self.reply_for(&request.model);
         let completion = Self::words(&text).len() as u64;
@@ -379,7 +411,7 @@ impl Provider for ScriptedProvider {
         _ctx: &CallContext,
     ) -> Result<ChatStream, ProviderError> {
         self.log("chat_stream", &request.model);
-        let step = self.next_step();
+        let step = self.next_step(&request.model);
         Self::settle(&step).await?;
         let shape = match step {
             Step::Stream { shape, .. } => shape,
@@ -451,7 +483,7 @@ impl Provider for ScriptedProvider {
         _ctx: &CallContext,
     ) -> Result<EmbeddingsResponse, ProviderError> {
         self.log("embeddings", &request.model);
-        Self::settle(&self.next_step()).await?;
+        Self::settle(&self.next_step(&request.model)).await?;
         let inputs = match &request.input {
             serde_json::Value::Array(items) => items.len(),
             _ => 1,
@@ -473,7 +505,7 @@ impl Provider for ScriptedProvider {
         _ctx: &CallContext,
     ) -> Result<CompletionResponse, ProviderError> {
         self.log("completions", &request.model);
-        Self::settle(&self.next_step()).await?;
+        Self::settle(&self.next_step(&request.model)).await?;
         let text = self.reply_for(&request.model);
         Ok(CompletionResponse {
             id: "cmpl-scripted".to_owned(),

@@ -1,5 +1,10 @@
 //! The manager's selection tiers, regions and dynamic provider API (SPEC §3, §4).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 mod common;
 

@@ -401,7 +401,7 @@ impl ProviderManager {
                     if let Some(upstream) = error.upstream_error() {
                         inner.counters.failure();
                         return Err(ManagerError::Rejected {
-                            error: upstream.clone(),
+                            error: Box::new(upstream.clone()),
                             provider_id: handle.provider_id().to_owned(),
                             trail,
                         });

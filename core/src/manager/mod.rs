@@ -272,6 +272,7 @@ impl ManagerInner {
                     model: d.model().to_owned(),
                     recovery,
                 });
+                self.counters.recovery(recovery);
                 if self.metrics_on() {
                     metrics::histogram!("switchyard_recovery_seconds")
                         .record(recovery.as_secs_f64());
@@ -323,8 +324,11 @@ impl ManagerInner {
         }
         if error.starts_cooldown() {
             let length = error.retry_after().unwrap_or_else(|| {
+                // 1 s, doubling to 30 s while 429s keep coming (within 30 s
+                // of the previous cooldown's end), back to 1 s after a lull.
                 let last = state.last_cooldown();
-                if state.in_cooldown(now_ms) || last.is_zero() {
+                let recent = now_ms < state.cooldown_until_ms().saturating_add(30_000);
+                if recent {
                     (last * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
                 } else {
                     Duration::from_secs(1)

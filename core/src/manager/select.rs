@@ -143,7 +143,7 @@ pub(crate) fn select(
     }
     Err(ManagerError::NoCapacity {
         model: req.model.to_owned(),
-        retry_after: earliest_release(index, now_ms),
+        retry_after: earliest_release(index, req, now_ms),
     })
 }
 
@@ -172,17 +172,19 @@ fn choose_set(index: &ModelIndex) -> Option<usize> {
     Some(i)
 }
 
-/// When the soonest cooldown or ejection of the model ends.
-fn earliest_release(index: &ModelIndex, now_ms: u64) -> Option<Duration> {
+/// When the soonest cooldown of the model's usable deployments ends (only
+/// cooldowns are worth waiting for; an ejected deployment just failed).
+fn earliest_release(index: &ModelIndex, req: &SelectRequest<'_>, now_ms: u64) -> Option<Duration> {
     index
         .deployments
         .iter()
-        .filter(|d| d.config().enabled)
-        .map(|d| {
-            d.state()
-                .cooldown_until_ms()
-                .max(d.state().ejected_until_ms())
+        .filter(|d| {
+            d.config().enabled
+                && d.serves(req.request_type)
+                && !req.exclude.iter().any(|s| Arc::ptr_eq(s, d.state()))
+                && d.state().effective_circuit(now_ms) == CircuitState::Closed
         })
+        .map(|d| d.state().cooldown_until_ms())
         .filter(|&until| until > now_ms)
         .min()
         .map(|until| Duration::from_millis(until - now_ms))

@@ -44,8 +44,8 @@ pub fn names(sub: &mut Subscription<ProviderEvent>) -> Vec<&'static str> {
 pub fn drain(sub: &mut Subscription<ProviderEvent>) -> Vec<ProviderEvent> {
     sub.drain()
         .into_iter()
-        .filter_map(|r| match r {
-            Received::Event(e) => Some(e),
+        .map(|r| match r {
+            Received::Event(e) => e,
             Received::Lagged(n) => panic!("lost {n} events"),
         })
         .collect()
