@@ -55,6 +55,8 @@ pub struct FailoverOptions {
     pub request_id: Option<String>,
     /// Forwarded upstream as `traceparent`.
     pub traceparent: Option<String>,
+    /// Only deployments that speak Anthropic Messages natively.
+    pub require_anthropic_native: bool,
 }
 
 impl FailoverOptions {
@@ -70,6 +72,7 @@ impl FailoverOptions {
             max_output_tokens: None,
             request_id: None,
             traceparent: None,
+            require_anthropic_native: false,
         }
     }
 }
@@ -315,6 +318,7 @@ impl ProviderManager {
                             max_output_tokens: options.max_output_tokens,
                             exclude: &excluded,
                             allow_panic: false,
+                            require_anthropic_native: options.require_anthropic_native,
                         };
                         match self.select(&request) {
                             Ok(handle) => handle,
@@ -440,6 +444,7 @@ impl ProviderManager {
             request.region = options.region.as_deref();
             request.estimated_input_tokens = options.estimated_input_tokens;
             request.max_output_tokens = options.max_output_tokens;
+            request.require_anthropic_native = options.require_anthropic_native;
             match self.select(&request) {
                 Ok(handle) => {
                     let attempt = Attempt {

@@ -40,6 +40,9 @@ pub struct SelectRequest<'a> {
     pub exclude: &'a [Arc<DeploymentState>],
     /// Whether panic mode (tier 4) may be used.
     pub allow_panic: bool,
+    /// Only deployments whose adapter speaks Anthropic Messages natively
+    /// (requests using Anthropic-only features).
+    pub require_anthropic_native: bool,
 }
 
 impl<'a> SelectRequest<'a> {
@@ -53,6 +56,7 @@ impl<'a> SelectRequest<'a> {
             max_output_tokens: None,
             exclude: &[],
             allow_panic: true,
+            require_anthropic_native: false,
         }
     }
 }
@@ -85,7 +89,10 @@ pub(crate) fn select(
         return Err(ManagerError::NoProviders);
     }
     let index = registry.index(req.model).ok_or_else(unknown)?;
-    if !index.deployments.iter().any(|d| d.serves(req.request_type)) {
+    if !index.deployments.iter().any(|d| {
+        d.serves(req.request_type)
+            && (!req.require_anthropic_native || d.provider().capabilities().anthropic_native)
+    }) {
         return Err(unknown());
     }
     let now_ms = inner.clock.now_ms();
@@ -211,6 +218,7 @@ impl Filter<'_> {
             && set.is_none_or(|members| members.contains(&position))
             && region.is_none_or(|r| d.config().region.as_deref() == Some(r))
             && !self.req.exclude.iter().any(|s| Arc::ptr_eq(s, d.state()))
+            && (!self.req.require_anthropic_native || d.provider().capabilities().anthropic_native)
             && d.has_capacity()
             && self.inner.admission.admits(d)
     }
