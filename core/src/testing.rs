@@ -135,6 +135,7 @@ pub struct ScriptedProvider {
     script: Mutex<Script>,
     calls: Mutex<Vec<CallRecord>>,
     counter: AtomicU64,
+    reject_prefill: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ScriptedProvider {
@@ -164,6 +165,7 @@ impl ScriptedProvider {
             }),
             calls: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
+            reject_prefill: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -300,6 +302,37 @@ impl ScriptedProvider {
             .unwrap_or_else(|| script.default.clone())
     }
 
+    /// Rejects requests ending in an assistant message (a prefill) with a 400,
+    /// like models that do not support continuation.
+    pub fn rejecting_prefill(self) -> Self {
+        self.reject_prefill.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// The reply for `request`: a trailing assistant message (a prefill) is
+    /// continued, so only the rest of the reply comes back.
+    fn reply_to(&self, request: &ChatRequest) -> Result<String, ProviderError> {
+        let full = self.reply_for(&request.model);
+        let prefill = request
+            .messages
+            .last()
+            .filter(|m| m.role == "assistant")
+            .and_then(ChatMessage::text_content);
+        match prefill {
+            Some(_) if self.reject_prefill.load(Ordering::Relaxed) => Err(ProviderError::upstream(
+                400,
+                "assistant message prefill is not supported",
+                Some("invalid_request_error".to_owned()),
+                None,
+            )),
+            Some(prefix) => Ok(full
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(&full)
+                .to_owned()),
+            None => Ok(full),
+        }
+    }
+
     fn reply_for(&self, model: &str) -> String {
         self.reply.replace("{model}", model)
     }
@@ -383,7 +416,7 @@ impl Provider for ScriptedProvider {
         self.log("chat", &request.model);
         let step = self.next_step(&request.model);
         Self::settle(&step).await?;
-        let text = self.reply_for(&request.model);
+        let text = self.reply_to(&request)?;
         let completion = Self::words(&text).len() as u64;
         Ok(ChatResponse {
             id: "chatcmpl-scripted".to_owned(),
@@ -418,7 +451,7 @@ impl Provider for ScriptedProvider {
             _ => StreamShape::Complete,
         };
         let model = request.model.clone();
-        let words = Self::words(&self.reply_for(&model));
+        let words = Self::words(&self.reply_to(&request)?);
         let include_usage = request
             .stream_options
             .as_ref()

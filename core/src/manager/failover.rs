@@ -32,6 +32,7 @@ use crate::stream::TimedStream;
 use crate::types::{ChatChunk, ChatStream, RequestType};
 
 use super::handle::{GuardedStream, bounded};
+use super::resume::{DriveExtras, Opened, Resume, ResumeMode, ResumingStream, SharedOp, share};
 use super::{ProviderHandle, ProviderManager, SelectRequest};
 
 /// Options of one failover execution (the seed's `{ modelId, requestType, maxRetries, timeout }`).
@@ -99,6 +100,8 @@ pub struct Attempt {
     pub is_fallback: bool,
     /// The deployment.
     pub deployment: Arc<Deployment>,
+    /// Set when this attempt resumes a cut stream (see [`Attempt::apply_resume`]).
+    pub resume: Option<Resume>,
 }
 
 impl std::fmt::Debug for Attempt {
@@ -127,26 +130,15 @@ pub struct FailoverResult<T> {
     pub trail: Vec<AttemptRecord>,
 }
 
-/// A stream that has produced its first content: the buffered prefix, then the rest.
+/// A stream that has produced its first content. Cuts after that point are
+/// resumed per the route's `stream_resume`, or end with an error item.
 pub struct ManagedStream {
-    prefix: VecDeque<ChatChunk>,
-    rest: Option<ChatStream>,
+    inner: ChatStream,
 }
 
 impl std::fmt::Debug for ManagedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagedStream")
-            .field("buffered", &self.prefix.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ManagedStream {
-    fn new(prefix: Vec<ChatChunk>, rest: Option<ChatStream>) -> Self {
-        Self {
-            prefix: prefix.into(),
-            rest,
-        }
+        f.debug_struct("ManagedStream").finish_non_exhaustive()
     }
 }
 
@@ -154,13 +146,7 @@ impl Stream for ManagedStream {
     type Item = Result<ChatChunk, ProviderError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(chunk) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        match self.rest.as_mut() {
-            Some(rest) => rest.as_mut().poll_next(cx),
-            None => Poll::Ready(None),
-        }
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
@@ -185,38 +171,79 @@ impl ProviderManager {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        self.drive(options, move |handle: ProviderHandle, attempt: Attempt| {
-            let ctx = attempt.ctx.clone();
-            let call = op(attempt);
-            async move {
-                let guard = handle.begin();
-                let result = bounded(&ctx, ctx.response_timeout, call).await;
-                guard.finish(&result);
-                result
-            }
-        })
+        self.drive(
+            options,
+            DriveExtras::default(),
+            move |handle: ProviderHandle, attempt: Attempt| {
+                let ctx = attempt.ctx.clone();
+                let call = op(attempt);
+                async move {
+                    let guard = handle.begin();
+                    let result = bounded(&ctx, ctx.response_timeout, call).await;
+                    guard.finish(&result);
+                    result
+                }
+            },
+        )
         .await
     }
 
     /// The streaming form: returns once the first content or tool-call
     /// delta arrived (or the stream completed), so every failure before
-    /// that point fails over invisibly. `op` returns the adapter's stream.
+    /// that point fails over invisibly. `op` returns the adapter's stream
+    /// and must call [`Attempt::apply_resume`] on its request: a cut after
+    /// content is resumed per the route's `stream_resume` (SPEC §5).
     pub async fn execute_stream_with_failover<F, Fut>(
         &self,
         options: FailoverOptions,
-        mut op: F,
+        op: F,
     ) -> Result<FailoverResult<ManagedStream>, ManagerError>
     where
-        F: FnMut(Attempt) -> Fut,
-        Fut: Future<Output = Result<ChatStream, ProviderError>>,
+        F: FnMut(Attempt) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<ChatStream, ProviderError>> + Send + 'static,
     {
-        self.drive(options, move |handle: ProviderHandle, attempt: Attempt| {
-            let ctx = attempt.ctx.clone();
-            let call = op(attempt);
-            async move {
-                let guard = handle.begin();
-                let opened =
-                    bounded(&ctx, ctx.first_token_timeout, call)
+        let op = share(op);
+        let opened = self
+            .open_stream(options.clone(), DriveExtras::default(), Arc::clone(&op))
+            .await?;
+        let mode = self
+            .route(&options.model)
+            .map(|r| r.stream_resume)
+            .unwrap_or_default();
+        let FailoverResult {
+            result,
+            provider_id,
+            model,
+            attempts,
+            trail,
+        } = opened;
+        let stream = ResumingStream::new(self.clone(), options, op, mode, result).into_stream();
+        Ok(FailoverResult {
+            result: ManagedStream { inner: stream },
+            provider_id,
+            model,
+            attempts,
+            trail,
+        })
+    }
+
+    /// Runs the failover loop until a stream has produced its first content.
+    pub(crate) async fn open_stream(
+        &self,
+        options: FailoverOptions,
+        extras: DriveExtras,
+        op: SharedOp,
+    ) -> Result<FailoverResult<Opened>, ManagerError> {
+        self.drive(
+            options,
+            extras,
+            move |handle: ProviderHandle, attempt: Attempt| {
+                let ctx = attempt.ctx.clone();
+                let deployment = Arc::clone(&attempt.deployment);
+                let call = (op.lock())(attempt);
+                async move {
+                    let guard = handle.begin();
+                    let opened = bounded(&ctx, ctx.first_token_timeout, call)
                         .await
                         .map_err(|e| match e {
                             ProviderError::Timeout {
@@ -226,37 +253,69 @@ impl ProviderManager {
                             },
                             other => other,
                         });
-                let stream = match opened {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        guard.fail(&error);
-                        return Err(error);
-                    }
-                };
-                let mut stream: ChatStream =
-                    Box::pin(GuardedStream::new(TimedStream::boxed(stream, &ctx), guard));
-                let mut prefix = Vec::new();
-                loop {
-                    match stream.next().await {
-                        Some(Ok(chunk)) => {
-                            let started = chunk.has_content() || chunk.finish_reason().is_some();
-                            prefix.push(chunk);
-                            if started {
-                                return Ok(ManagedStream::new(prefix, Some(stream)));
+                    let stream = match opened {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            guard.fail(&error);
+                            return Err(error);
+                        }
+                    };
+                    let mut stream: ChatStream =
+                        Box::pin(GuardedStream::new(TimedStream::boxed(stream, &ctx), guard));
+                    let mut prefix = Vec::new();
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(chunk)) => {
+                                let started =
+                                    chunk.has_content() || chunk.finish_reason().is_some();
+                                prefix.push(chunk);
+                                if started {
+                                    return Ok(Opened {
+                                        prefix,
+                                        rest: Some(stream),
+                                        deployment,
+                                    });
+                                }
+                            }
+                            Some(Err(error)) => return Err(error),
+                            None => {
+                                return Ok(Opened {
+                                    prefix,
+                                    rest: None,
+                                    deployment,
+                                });
                             }
                         }
-                        Some(Err(error)) => return Err(error),
-                        None => return Ok(ManagedStream::new(prefix, None)),
                     }
                 }
-            }
-        })
+            },
+        )
         .await
+    }
+
+    /// Whether some usable deployment of `model` or its fallbacks declares
+    /// `supports_prefill`.
+    pub(crate) fn any_prefill(&self, model: &str, excluded: &[Arc<DeploymentState>]) -> bool {
+        let registry = self.inner.registry.load();
+        let mut models = vec![model.to_owned()];
+        if let Some(route) = registry.routes.get(model) {
+            models.extend(route.fallbacks.iter().cloned());
+        }
+        models.iter().any(|m| {
+            registry.index(m).is_some_and(|index| {
+                index.deployments.iter().any(|d| {
+                    d.config().enabled
+                        && d.model_config().supports_prefill
+                        && !excluded.iter().any(|s| Arc::ptr_eq(s, d.state()))
+                })
+            })
+        })
     }
 
     async fn drive<T, R, Fut>(
         &self,
         options: FailoverOptions,
+        extras: DriveExtras,
         mut run: R,
     ) -> Result<FailoverResult<T>, ManagerError>
     where
@@ -288,7 +347,11 @@ impl ProviderManager {
         queue.push_back((options.model.clone(), false));
         queue.extend(route.fallbacks.iter().map(|m| (m.clone(), true)));
         let mut visited: Vec<String> = Vec::new();
-        let mut excluded: Vec<Arc<DeploymentState>> = Vec::new();
+        let mut excluded: Vec<Arc<DeploymentState>> = extras.exclude;
+        let require_prefill = extras
+            .resume
+            .as_ref()
+            .is_some_and(|r| r.mode == ResumeMode::Prefill);
         let mut trail: Vec<AttemptRecord> = Vec::new();
         let mut last_error: Option<ProviderError> = None;
         let mut previous: Option<(String, String)> = None;
@@ -319,6 +382,7 @@ impl ProviderManager {
                             exclude: &excluded,
                             allow_panic: false,
                             require_anthropic_native: options.require_anthropic_native,
+                            require_prefill,
                         };
                         match self.select(&request) {
                             Ok(handle) => handle,
@@ -357,6 +421,7 @@ impl ProviderManager {
                     ctx: base_ctx.clone(),
                     is_fallback,
                     deployment: Arc::clone(handle.deployment()),
+                    resume: extras.resume.clone(),
                 };
                 let started = Instant::now();
                 let outcome = run(handle.clone(), attempt).await;
@@ -445,6 +510,8 @@ impl ProviderManager {
             request.estimated_input_tokens = options.estimated_input_tokens;
             request.max_output_tokens = options.max_output_tokens;
             request.require_anthropic_native = options.require_anthropic_native;
+            request.require_prefill = require_prefill;
+            request.exclude = &excluded;
             match self.select(&request) {
                 Ok(handle) => {
                     let attempt = Attempt {
@@ -457,6 +524,7 @@ impl ProviderManager {
                         ctx: base_ctx.clone(),
                         is_fallback: false,
                         deployment: Arc::clone(handle.deployment()),
+                        resume: extras.resume.clone(),
                     };
                     let started = Instant::now();
                     let outcome = run(handle.clone(), attempt).await;

@@ -9,6 +9,7 @@ mod budget;
 mod failover;
 mod handle;
 mod health;
+mod resume;
 mod select;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use crate::types::RequestType;
 pub use failover::{Attempt, FailoverOptions, FailoverResult, ManagedStream};
 pub use handle::{CallGuard, ProviderHandle};
 pub use health::HealthChecker;
+pub use resume::{Resume, ResumeMode};
 pub use select::SelectRequest;
 
 /// Decides whether a deployment may take one more request beyond the

@@ -43,6 +43,8 @@ pub struct SelectRequest<'a> {
     /// Only deployments whose adapter speaks Anthropic Messages natively
     /// (requests using Anthropic-only features).
     pub require_anthropic_native: bool,
+    /// Only deployments whose model declares `supports_prefill`.
+    pub require_prefill: bool,
 }
 
 impl<'a> SelectRequest<'a> {
@@ -57,6 +59,7 @@ impl<'a> SelectRequest<'a> {
             exclude: &[],
             allow_panic: true,
             require_anthropic_native: false,
+            require_prefill: false,
         }
     }
 }
@@ -219,6 +222,7 @@ impl Filter<'_> {
             && region.is_none_or(|r| d.config().region.as_deref() == Some(r))
             && !self.req.exclude.iter().any(|s| Arc::ptr_eq(s, d.state()))
             && (!self.req.require_anthropic_native || d.provider().capabilities().anthropic_native)
+            && (!self.req.require_prefill || d.model_config().supports_prefill)
             && d.has_capacity()
             && self.inner.admission.admits(d)
     }
