@@ -513,6 +513,23 @@ pub enum ManagerError {
         model: String,
         /// The earliest moment one may be free again.
         retry_after: Option<Duration>,
+        /// Whether some deployment is only held back by its concurrency or
+        /// rate limits (the request may queue).
+        at_limit: bool,
+    },
+    /// The request queue is full.
+    #[error("the gateway's request queue is full")]
+    QueueFull {
+        /// A suggested wait.
+        retry_after: Duration,
+    },
+    /// The request waited `queue_timeout` without capacity.
+    #[error("no capacity for model '{model}' within the queue timeout")]
+    QueueTimeout {
+        /// Requested model.
+        model: String,
+        /// A suggested wait.
+        retry_after: Duration,
     },
     /// The registry has no provider at all.
     #[error("no provider is configured")]
@@ -594,6 +611,8 @@ impl ManagerError {
         match self {
             Self::UnknownModel { .. } => "unknown_model",
             Self::NoCapacity { .. } => "no_capacity",
+            Self::QueueFull { .. } => "queue_full",
+            Self::QueueTimeout { .. } => "queue_timeout",
             Self::NoProviders => "no_providers",
             Self::DuplicateProvider { .. } => "duplicate_provider",
             Self::UnknownProvider { .. } => "unknown_provider",

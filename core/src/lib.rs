@@ -41,6 +41,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod limits;
 pub mod manager;
 pub mod provider;
 pub mod registry;

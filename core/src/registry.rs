@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize};
 
 use crate::config::{ModelConfig, ProviderConfig, RouteConfig};
 use crate::error::{ConfigError, ConfigIssue};
+use crate::limits::ProviderLimits;
 use crate::provider::{Pricing, Provider};
 use crate::state::{DeploymentState, Health, ProviderState};
 use crate::strategy::{SelectionStrategy, StrategyRegistry};
@@ -32,6 +33,7 @@ pub struct Deployment {
     request_types: u8,
     state: Arc<DeploymentState>,
     provider_state: Arc<ProviderState>,
+    limits: Arc<ProviderLimits>,
     latency_scale_us: f64,
 }
 
@@ -88,9 +90,40 @@ impl Deployment {
             request_types,
             state,
             provider_state,
+            limits: Arc::new(ProviderLimits::default()),
             latency_scale_us: (provider_timeout_ms.max(1) as f64) * 1_000.0,
             config,
         }
+    }
+
+    /// The same deployment under the provider's rate limits.
+    pub fn with_limits(mut self, limits: Arc<ProviderLimits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The provider's rate limits.
+    pub fn limits(&self) -> &Arc<ProviderLimits> {
+        &self.limits
+    }
+
+    /// Takes one in-flight slot on the provider and the deployment, within
+    /// their caps; `false` (nothing taken) when either is full.
+    pub fn try_reserve(&self) -> bool {
+        if !self.provider_state.try_enter(self.config.max_concurrency) {
+            return false;
+        }
+        if !self.state.try_enter(self.model_config.max_concurrency) {
+            self.provider_state.end_call(false, 0);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a slot taken by [`Self::try_reserve`] that was never used.
+    pub fn release_reservation(&self) {
+        self.state.end_call();
+        self.provider_state.end_call(false, 0);
     }
 
     /// Provider id.
@@ -220,6 +253,7 @@ pub(crate) struct ProviderEntry {
     pub config: Arc<ProviderConfig>,
     pub provider: Arc<dyn Provider>,
     pub state: Arc<ProviderState>,
+    pub limits: Arc<ProviderLimits>,
     /// One deployment per model key, in key order.
     pub deployments: Vec<Arc<Deployment>>,
 }
@@ -240,6 +274,12 @@ impl ProviderEntry {
             Some(p) if keep => Arc::clone(&p.state),
             _ => Arc::new(ProviderState::new()),
         };
+        let limits = match previous {
+            Some(p) if keep && p.limits.matches(config.rpm_limit, config.tpm_limit) => {
+                Arc::clone(&p.limits)
+            }
+            _ => Arc::new(ProviderLimits::new(config.rpm_limit, config.tpm_limit)),
+        };
         let deployments = config
             .models
             .keys()
@@ -251,14 +291,17 @@ impl ProviderEntry {
                         || Arc::new(DeploymentState::new(now_ms)),
                         |d| Arc::clone(d.state()),
                     );
-                Arc::new(Deployment::new(
-                    Arc::clone(&config),
-                    model,
-                    Arc::clone(&provider),
-                    deployment_state,
-                    Arc::clone(&state),
-                    provider_timeout_ms,
-                ))
+                Arc::new(
+                    Deployment::new(
+                        Arc::clone(&config),
+                        model,
+                        Arc::clone(&provider),
+                        deployment_state,
+                        Arc::clone(&state),
+                        provider_timeout_ms,
+                    )
+                    .with_limits(Arc::clone(&limits)),
+                )
             })
             .collect();
         (
@@ -266,6 +309,7 @@ impl ProviderEntry {
                 config,
                 provider,
                 state,
+                limits,
                 deployments,
             },
             keep,

@@ -178,6 +178,20 @@ impl CircuitState {
     }
 }
 
+/// Increments `counter` unless it already reached `cap`: the check and the
+/// increment are one atomic step, so a cap can never be overrun.
+fn try_enter(counter: &AtomicU32, cap: Option<u32>) -> bool {
+    match cap {
+        None => {
+            counter.fetch_add(1, RELAXED);
+            true
+        }
+        Some(cap) => counter
+            .fetch_update(Ordering::AcqRel, RELAXED, |n| (n < cap).then_some(n + 1))
+            .is_ok(),
+    }
+}
+
 fn load_f64(cell: &AtomicU64) -> f64 {
     f64::from_bits(cell.load(RELAXED))
 }
@@ -456,8 +470,12 @@ impl DeploymentState {
         self.in_flight.load(RELAXED)
     }
 
-    pub(crate) fn begin_call(&self, now_ms: u64) {
-        self.in_flight.fetch_add(1, RELAXED);
+    /// Takes one in-flight slot if fewer than `cap` are taken (no cap: always).
+    pub(crate) fn try_enter(&self, cap: Option<u32>) -> bool {
+        try_enter(&self.in_flight, cap)
+    }
+
+    pub(crate) fn record_request(&self, now_ms: u64) {
         self.window.record_request(now_ms);
     }
 
@@ -625,8 +643,12 @@ impl ProviderState {
         self.in_flight.load(RELAXED)
     }
 
-    pub(crate) fn begin_call(&self, now_ms: u64) {
-        self.in_flight.fetch_add(1, RELAXED);
+    /// Takes one in-flight slot if fewer than `cap` are taken (no cap: always).
+    pub(crate) fn try_enter(&self, cap: Option<u32>) -> bool {
+        try_enter(&self.in_flight, cap)
+    }
+
+    pub(crate) fn record_request(&self, now_ms: u64) {
         self.window.record_request(now_ms);
     }
 

@@ -136,6 +136,25 @@ pub struct ScriptedProvider {
     calls: Mutex<Vec<CallRecord>>,
     counter: AtomicU64,
     reject_prefill: std::sync::atomic::AtomicBool,
+    concurrent: AtomicU64,
+    peak_concurrent: AtomicU64,
+}
+
+/// Counts a non-stream call as concurrent while it runs.
+struct Concurrent<'a>(&'a ScriptedProvider);
+
+impl<'a> Concurrent<'a> {
+    fn enter(provider: &'a ScriptedProvider) -> Self {
+        let now = provider.concurrent.fetch_add(1, Ordering::AcqRel) + 1;
+        provider.peak_concurrent.fetch_max(now, Ordering::AcqRel);
+        Self(provider)
+    }
+}
+
+impl Drop for Concurrent<'_> {
+    fn drop(&mut self) {
+        self.0.concurrent.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for ScriptedProvider {
@@ -166,6 +185,8 @@ impl ScriptedProvider {
             calls: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             reject_prefill: std::sync::atomic::AtomicBool::new(false),
+            concurrent: AtomicU64::new(0),
+            peak_concurrent: AtomicU64::new(0),
         }
     }
 
@@ -263,6 +284,11 @@ impl ScriptedProvider {
             .iter()
             .filter(|c| !matches!(c.operation, "models" | "health"))
             .count()
+    }
+
+    /// The most non-stream calls that ever ran at once.
+    pub fn peak_concurrency(&self) -> u64 {
+        self.peak_concurrent.load(Ordering::Acquire)
     }
 
     /// Number of health checks.
@@ -414,6 +440,7 @@ impl Provider for ScriptedProvider {
         _ctx: &CallContext,
     ) -> Result<ChatResponse, ProviderError> {
         self.log("chat", &request.model);
+        let _running = Concurrent::enter(self);
         let step = self.next_step(&request.model);
         Self::settle(&step).await?;
         let text = self.reply_to(&request)?;

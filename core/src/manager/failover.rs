@@ -29,7 +29,7 @@ use crate::provider::{CallContext, Provider};
 use crate::registry::Deployment;
 use crate::state::{CircuitState, DeploymentState};
 use crate::stream::TimedStream;
-use crate::types::{ChatChunk, ChatStream, RequestType};
+use crate::types::{ChatChunk, ChatStream, RequestType, Usage};
 
 use super::handle::{GuardedStream, bounded};
 use super::resume::{DriveExtras, Opened, Resume, ResumeMode, ResumingStream, SharedOp, share};
@@ -102,6 +102,21 @@ pub struct Attempt {
     pub deployment: Arc<Deployment>,
     /// Set when this attempt resumes a cut stream (see [`Attempt::apply_resume`]).
     pub resume: Option<Resume>,
+    /// Tokens taken from the provider's TPM limit (settled by [`Attempt::report_usage`]).
+    pub reserved_tokens: u64,
+}
+
+impl Attempt {
+    /// Settles the provider's TPM limit with the real usage of a non-stream
+    /// call (streams settle themselves from their usage chunk).
+    pub fn report_usage(&self, usage: &Usage) {
+        let actual = usage
+            .total_tokens
+            .max(usage.prompt_tokens + usage.completion_tokens);
+        self.deployment
+            .limits()
+            .settle(self.reserved_tokens, actual);
+    }
 }
 
 impl std::fmt::Debug for Attempt {
@@ -150,6 +165,9 @@ impl Stream for ManagedStream {
     }
 }
 
+/// Longest sleep of a queued request between capacity checks.
+const QUEUE_POLL: Duration = Duration::from_millis(250);
+
 /// Backoff before retrying the same deployment: 50 ms doubling, capped at
 /// 2 s, with full jitter.
 fn backoff(retry: u32) -> Duration {
@@ -174,11 +192,11 @@ impl ProviderManager {
         self.drive(
             options,
             DriveExtras::default(),
-            move |handle: ProviderHandle, attempt: Attempt| {
+            move |handle: &ProviderHandle, attempt: Attempt| {
                 let ctx = attempt.ctx.clone();
+                let guard = handle.begin();
                 let call = op(attempt);
                 async move {
-                    let guard = handle.begin();
                     let result = bounded(&ctx, ctx.response_timeout, call).await;
                     guard.finish(&result);
                     result
@@ -237,12 +255,12 @@ impl ProviderManager {
         self.drive(
             options,
             extras,
-            move |handle: ProviderHandle, attempt: Attempt| {
+            move |handle: &ProviderHandle, attempt: Attempt| {
                 let ctx = attempt.ctx.clone();
                 let deployment = Arc::clone(&attempt.deployment);
+                let guard = handle.begin();
                 let call = (op.lock())(attempt);
                 async move {
-                    let guard = handle.begin();
                     let opened = bounded(&ctx, ctx.first_token_timeout, call)
                         .await
                         .map_err(|e| match e {
@@ -319,7 +337,7 @@ impl ProviderManager {
         mut run: R,
     ) -> Result<FailoverResult<T>, ManagerError>
     where
-        R: FnMut(ProviderHandle, Attempt) -> Fut,
+        R: FnMut(&ProviderHandle, Attempt) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         let inner = &self.inner;
@@ -357,6 +375,7 @@ impl ProviderManager {
         let mut previous: Option<(String, String)> = None;
         let mut attempt_no = 0u32;
         let mut budget_spent = false;
+        let mut queued = None;
 
         'models: while let Some((model, is_fallback)) = queue.pop_front() {
             if visited.contains(&model) {
@@ -385,7 +404,60 @@ impl ProviderManager {
                             require_prefill,
                         };
                         match self.select(&request) {
-                            Ok(handle) => handle,
+                            Ok(handle) => {
+                                queued = None;
+                                handle
+                            }
+                            Err(ManagerError::NoCapacity {
+                                at_limit: true,
+                                retry_after,
+                                ..
+                            }) => {
+                                // Every candidate is at its limit: wait in the queue.
+                                if queued.is_none() {
+                                    let Some(slot) = inner.queue.try_enter() else {
+                                        inner.counters.failure();
+                                        return Err(ManagerError::QueueFull {
+                                            retry_after: retry_after
+                                                .unwrap_or(Duration::from_secs(1)),
+                                        });
+                                    };
+                                    let queue_deadline = (Instant::now()
+                                        + inner.options.queue_timeout)
+                                        .min(deadline);
+                                    let Ok(turn) =
+                                        tokio::time::timeout_at(queue_deadline, inner.queue.turn())
+                                            .await
+                                    else {
+                                        inner.counters.failure();
+                                        return Err(ManagerError::QueueTimeout {
+                                            model: options.model.clone(),
+                                            retry_after: retry_after
+                                                .unwrap_or(Duration::from_secs(1)),
+                                        });
+                                    };
+                                    queued = Some((slot, turn, queue_deadline));
+                                }
+                                let queue_deadline = queued.as_ref().map_or(deadline, |q| q.2);
+                                let now = Instant::now();
+                                if now >= queue_deadline {
+                                    inner.counters.failure();
+                                    return Err(ManagerError::QueueTimeout {
+                                        model: options.model.clone(),
+                                        retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+                                    });
+                                }
+                                // Woken when a call ends; the timer covers rate
+                                // limits that free up with time alone.
+                                let wake = (now
+                                    + retry_after.unwrap_or(QUEUE_POLL).min(QUEUE_POLL))
+                                .min(queue_deadline);
+                                tokio::select! {
+                                    () = inner.queue.freed() => {}
+                                    () = tokio::time::sleep_until(wake) => {}
+                                }
+                                continue;
+                            }
                             Err(ManagerError::NoCapacity {
                                 retry_after: Some(wait),
                                 ..
@@ -422,9 +494,10 @@ impl ProviderManager {
                     is_fallback,
                     deployment: Arc::clone(handle.deployment()),
                     resume: extras.resume.clone(),
+                    reserved_tokens: handle.reserved_tokens(),
                 };
                 let started = Instant::now();
-                let outcome = run(handle.clone(), attempt).await;
+                let outcome = run(&handle, attempt).await;
                 let duration = started.elapsed();
                 let record = |outcome: &'static str, status: Option<u16>| AttemptRecord {
                     attempt: attempt_no,
@@ -525,9 +598,10 @@ impl ProviderManager {
                         is_fallback: false,
                         deployment: Arc::clone(handle.deployment()),
                         resume: extras.resume.clone(),
+                        reserved_tokens: handle.reserved_tokens(),
                     };
                     let started = Instant::now();
-                    let outcome = run(handle.clone(), attempt).await;
+                    let outcome = run(&handle, attempt).await;
                     let duration_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     let mut record = AttemptRecord {

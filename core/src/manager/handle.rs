@@ -1,6 +1,9 @@
 //! `ProviderHandle`: a selected deployment, and the RAII guard that records each call.
 //!
-//! Every call made through a handle counts in-flight on begin and records
+//! Selection reserves the deployment's in-flight slot (within its provider's
+//! and model's concurrency caps, atomically) and its rate-limit share; the
+//! handle owns that reservation until its first call begins, or gives it
+//! back when dropped unused. Every call made through a handle records
 //! latency and outcome on finish, so direct use (the seed's basic example)
 //! feeds health, load and the circuit breaker exactly like failover does.
 //! A guard dropped without an outcome is a cancellation: it never counts
@@ -23,20 +26,24 @@ use crate::registry::Deployment;
 use crate::stream::TimedStream;
 use crate::types::{
     ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
-    EmbeddingsRequest, EmbeddingsResponse,
+    EmbeddingsRequest, EmbeddingsResponse, Usage,
 };
 
 use super::ManagerInner;
 
-/// A deployment chosen for a request. Cheap to clone; cloning does not
-/// duplicate the probe permit.
+/// A deployment chosen for a request.
+///
+/// The probe permit and the in-flight reservation belong to the handle
+/// that selection returned; a clone carries neither (its calls count
+/// in-flight on their own).
 pub struct ProviderHandle {
     inner: Arc<ManagerInner>,
     deployment: Arc<Deployment>,
-    // Only wildcard deployments need the requested name; only probes need a
-    // shared flag. Keeping both optional makes an ordinary pick allocation-free.
+    // Only wildcard deployments need the requested name.
     requested_model: Option<Arc<str>>,
-    probe: Option<Arc<AtomicBool>>,
+    probe: AtomicBool,
+    reserved: AtomicBool,
+    reserved_tokens: u64,
     panic: bool,
 }
 
@@ -57,7 +64,9 @@ impl Clone for ProviderHandle {
             inner: Arc::clone(&self.inner),
             deployment: Arc::clone(&self.deployment),
             requested_model: self.requested_model.clone(),
-            probe: self.probe.clone(),
+            probe: AtomicBool::new(false),
+            reserved: AtomicBool::new(false),
+            reserved_tokens: 0,
             panic: self.panic,
         }
     }
@@ -65,11 +74,13 @@ impl Clone for ProviderHandle {
 
 impl Drop for ProviderHandle {
     fn drop(&mut self) {
-        // The last holder of an unused probe permit gives it back.
-        if let Some(probe) = &self.probe {
-            if Arc::strong_count(probe) == 1 && probe.swap(false, Ordering::AcqRel) {
-                self.deployment.state().release_probe();
-            }
+        if self.probe.swap(false, Ordering::AcqRel) {
+            self.deployment.state().release_probe();
+        }
+        if self.reserved.swap(false, Ordering::AcqRel) {
+            self.deployment.release_reservation();
+            self.deployment.limits().refund(self.reserved_tokens);
+            self.inner.queue.notify();
         }
     }
 }
@@ -81,12 +92,15 @@ impl ProviderHandle {
         requested_model: &str,
         probe: bool,
         panic: bool,
+        reserved_tokens: u64,
     ) -> Self {
         Self {
             inner,
             requested_model: deployment.is_wildcard().then(|| Arc::from(requested_model)),
             deployment,
-            probe: probe.then(|| Arc::new(AtomicBool::new(true))),
+            probe: AtomicBool::new(probe),
+            reserved: AtomicBool::new(true),
+            reserved_tokens,
             panic,
         }
     }
@@ -126,14 +140,17 @@ impl ProviderHandle {
 
     /// Whether the next call is the half-open probe of this deployment.
     pub fn is_probe(&self) -> bool {
-        self.probe
-            .as_ref()
-            .is_some_and(|p| p.load(Ordering::Acquire))
+        self.probe.load(Ordering::Acquire)
     }
 
     /// Whether this handle was chosen in panic mode.
     pub fn is_panic(&self) -> bool {
         self.panic
+    }
+
+    /// Tokens taken from the provider's TPM limit for this request.
+    pub fn reserved_tokens(&self) -> u64 {
+        self.reserved_tokens
     }
 
     /// The manager's call context defaults (timeouts) for a call.
@@ -143,18 +160,22 @@ impl ProviderHandle {
 
     /// Starts recording one call: in-flight now, outcome when finished.
     pub fn begin(&self) -> CallGuard {
-        let probe = self
-            .probe
-            .as_ref()
-            .is_some_and(|p| p.swap(false, Ordering::AcqRel));
+        let probe = self.probe.swap(false, Ordering::AcqRel);
         let now_ms = self.inner.clock.now_ms();
-        self.deployment.state().begin_call(now_ms);
-        self.deployment.provider_state().begin_call(now_ms);
+        let reserved = self.reserved.swap(false, Ordering::AcqRel);
+        if !reserved {
+            // A second call through the same handle: count it, uncapped.
+            self.deployment.state().try_enter(None);
+            self.deployment.provider_state().try_enter(None);
+        }
+        self.deployment.state().record_request(now_ms);
+        self.deployment.provider_state().record_request(now_ms);
         CallGuard {
             inner: Arc::clone(&self.inner),
             deployment: Arc::clone(&self.deployment),
             probe,
             panic: self.panic,
+            reserved_tokens: if reserved { self.reserved_tokens } else { 0 },
             started: Instant::now(),
             finished: false,
             failed: false,
@@ -177,6 +198,9 @@ impl ProviderHandle {
             self.provider().chat(request, ctx),
         )
         .await;
+        if let Ok(response) = &result {
+            guard.settle(response.usage.as_ref());
+        }
         guard.finish(&result);
         result
     }
@@ -195,6 +219,9 @@ impl ProviderHandle {
             self.provider().embeddings(request, ctx),
         )
         .await;
+        if let Ok(response) = &result {
+            guard.settle(response.usage.as_ref());
+        }
         guard.finish(&result);
         result
     }
@@ -213,6 +240,9 @@ impl ProviderHandle {
             self.provider().completions(request, ctx),
         )
         .await;
+        if let Ok(response) = &result {
+            guard.settle(response.usage.as_ref());
+        }
         guard.finish(&result);
         result
     }
@@ -234,14 +264,7 @@ impl ProviderHandle {
             self.provider().chat_stream(request, ctx),
         )
         .await
-        .map_err(|e| match e {
-            ProviderError::Timeout {
-                phase: TimeoutPhase::Response,
-            } => ProviderError::Timeout {
-                phase: TimeoutPhase::FirstByte,
-            },
-            other => other,
-        });
+        .map_err(first_byte);
         match opened {
             Ok(stream) => Ok(Box::pin(GuardedStream::new(
                 TimedStream::boxed(stream, ctx),
@@ -252,6 +275,18 @@ impl ProviderHandle {
                 Err(error)
             }
         }
+    }
+}
+
+/// A timeout while waiting for a stream to open is a first-byte timeout.
+pub(crate) fn first_byte(error: ProviderError) -> ProviderError {
+    match error {
+        ProviderError::Timeout {
+            phase: TimeoutPhase::Response,
+        } => ProviderError::Timeout {
+            phase: TimeoutPhase::FirstByte,
+        },
+        other => other,
     }
 }
 
@@ -278,6 +313,7 @@ pub struct CallGuard {
     deployment: Arc<Deployment>,
     probe: bool,
     panic: bool,
+    reserved_tokens: u64,
     started: Instant,
     finished: bool,
     failed: bool,
@@ -301,6 +337,18 @@ impl CallGuard {
     /// How long the call has been running.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Settles the TPM estimate taken at selection with the real usage.
+    pub fn settle(&self, usage: Option<&Usage>) {
+        if let Some(usage) = usage {
+            let actual = usage
+                .total_tokens
+                .max(usage.prompt_tokens + usage.completion_tokens);
+            self.deployment
+                .limits()
+                .settle(self.reserved_tokens, actual);
+        }
     }
 
     /// Records success.
@@ -342,10 +390,12 @@ impl Drop for CallGuard {
         if !self.finished {
             self.inner.record_cancelled(&self.deployment, self.probe);
         }
+        self.inner.queue.notify();
     }
 }
 
-/// A stream that records its call's outcome when it ends.
+/// A stream that records its call's outcome when it ends, and settles the
+/// TPM estimate when the usage chunk passes.
 pub(crate) struct GuardedStream {
     inner: ChatStream,
     guard: Option<CallGuard>,
@@ -366,6 +416,11 @@ impl Stream for GuardedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let (Some(usage), Some(guard)) = (chunk.usage.as_ref(), self.guard.as_ref()) {
+                    guard.settle(Some(usage));
+                }
+            }
             Poll::Ready(None) => {
                 if let Some(guard) = self.guard.take() {
                     guard.succeed();
@@ -376,7 +431,7 @@ impl Stream for GuardedStream {
                     guard.fail(error);
                 }
             }
-            _ => {}
+            Poll::Pending => {}
         }
         polled
     }

@@ -9,6 +9,7 @@ mod budget;
 mod failover;
 mod handle;
 mod health;
+mod queue;
 mod resume;
 mod select;
 
@@ -184,6 +185,7 @@ pub struct ProviderCounters {
 }
 
 pub(crate) struct ManagerInner {
+    pub queue: queue::RequestQueue,
     pub counters: Counters,
     budget: budget::RetryBudget,
     pub options: ManagerOptions,
@@ -586,6 +588,10 @@ impl ManagerBuilder {
             .events
             .unwrap_or_else(|| EventBus::new(4096, config.manager.recent_events));
         let inner = Arc::new(ManagerInner {
+            queue: queue::RequestQueue::new(
+                config.manager.queue_size,
+                config.manager.enable_metrics,
+            ),
             counters: Counters::default(),
             budget: budget::RetryBudget::new(&config.manager.retry_budget),
             options: config.manager,
@@ -715,7 +721,13 @@ impl ProviderManager {
             request.model,
             selected.probe,
             selected.panic,
+            selected.reserved_tokens,
         ))
+    }
+
+    /// Requests waiting in the gateway queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.queue.depth()
     }
 
     /// Adds a provider at run time (SPEC §3).

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::ManagerError;
+use crate::limits::DEFAULT_OUTPUT_ESTIMATE;
 use crate::registry::{Deployment, ModelIndex, Registry};
 use crate::state::{CircuitState, DeploymentState, Health};
 use crate::strategy::{CandidateSet, RequestContext};
@@ -47,6 +48,14 @@ pub struct SelectRequest<'a> {
     pub require_prefill: bool,
 }
 
+impl SelectRequest<'_> {
+    /// Tokens to take from TPM limits: the prompt estimate plus the output limit.
+    pub fn token_estimate(&self) -> u64 {
+        u64::from(self.estimated_input_tokens)
+            + u64::from(self.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE))
+    }
+}
+
 impl<'a> SelectRequest<'a> {
     /// A request for `model` of `request_type` with no other constraint.
     pub fn new(model: &'a str, request_type: RequestType) -> Self {
@@ -66,6 +75,7 @@ impl<'a> SelectRequest<'a> {
 
 /// The outcome of a pick.
 pub(crate) struct Selected {
+    pub reserved_tokens: u64,
     pub deployment: Arc<Deployment>,
     pub probe: bool,
     pub opened_half: bool,
@@ -122,7 +132,12 @@ pub(crate) fn select(
         (Some(_), false) => &region_phases[..],
         (None, _) => &region_phases[1..],
     };
-    let filter = Filter { inner, req, now_ms };
+    let filter = Filter {
+        inner,
+        req,
+        now_ms,
+        tokens: req.token_estimate(),
+    };
     for &set in set_phases {
         for &region in region_phases {
             if let Some(selected) = filter.probe(index, set, region) {
@@ -131,6 +146,7 @@ pub(crate) fn select(
             for tier in [Tier::Healthy, Tier::Degraded] {
                 if let Some(deployment) = filter.pick(index, set, region, tier, &ctx) {
                     return Ok(Selected {
+                        reserved_tokens: filter.tokens,
                         deployment,
                         probe: false,
                         opened_half: false,
@@ -144,6 +160,7 @@ pub(crate) fn select(
         let region = if strict { preferred } else { None };
         if let Some(deployment) = filter.pick(index, None, region, Tier::Panic, &ctx) {
             return Ok(Selected {
+                reserved_tokens: filter.tokens,
                 deployment,
                 probe: false,
                 opened_half: false,
@@ -151,9 +168,15 @@ pub(crate) fn select(
             });
         }
     }
+    let (at_limit, limit_release) = limits_holding_back(&filter, index);
+    let retry_after = match (earliest_release(index, req, now_ms), limit_release) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Err(ManagerError::NoCapacity {
         model: req.model.to_owned(),
-        retry_after: earliest_release(index, req, now_ms),
+        retry_after,
+        at_limit,
     })
 }
 
@@ -200,10 +223,39 @@ fn earliest_release(index: &ModelIndex, req: &SelectRequest<'_>, now_ms: u64) ->
         .map(|until| Duration::from_millis(until - now_ms))
 }
 
+/// Whether some otherwise usable deployment is held back only by its
+/// concurrency or rate limits, and when a rate limit frees up.
+fn limits_holding_back(filter: &Filter<'_>, index: &ModelIndex) -> (bool, Option<Duration>) {
+    let mut at_limit = false;
+    let mut release: Option<Duration> = None;
+    for d in &index.deployments {
+        let usable = d.config().enabled
+            && d.serves(filter.req.request_type)
+            && d.fits(
+                filter.req.estimated_input_tokens,
+                filter.req.max_output_tokens,
+            )
+            && !filter.req.exclude.iter().any(|s| Arc::ptr_eq(s, d.state()))
+            && filter.available(d)
+            && matches!(
+                d.state().effective_circuit(filter.now_ms),
+                CircuitState::Closed | CircuitState::HalfOpen
+            );
+        if usable && (!d.has_capacity() || !d.limits().may_admit(filter.tokens)) {
+            at_limit = true;
+            if let Some(wait) = d.limits().blocked_for() {
+                release = Some(release.map_or(wait, |r| r.min(wait)));
+            }
+        }
+    }
+    (at_limit, release)
+}
+
 struct Filter<'a> {
     inner: &'a ManagerInner,
     req: &'a SelectRequest<'a>,
     now_ms: u64,
+    tokens: u64,
 }
 
 impl Filter<'_> {
@@ -224,7 +276,21 @@ impl Filter<'_> {
             && (!self.req.require_anthropic_native || d.provider().capabilities().anthropic_native)
             && (!self.req.require_prefill || d.model_config().supports_prefill)
             && d.has_capacity()
+            && d.limits().may_admit(self.tokens)
             && self.inner.admission.admits(d)
+    }
+
+    /// Takes the deployment's in-flight slot and rate-limit share; `false`
+    /// (nothing taken) when another request got there first.
+    fn admit(&self, d: &Deployment) -> bool {
+        if !d.try_reserve() {
+            return false;
+        }
+        if d.limits().try_acquire(self.tokens).is_err() {
+            d.release_reservation();
+            return false;
+        }
+        true
     }
 
     /// Filters of the non-panic tiers: no cooldown, no provider-wide ejection.
@@ -249,7 +315,12 @@ impl Filter<'_> {
                 && self.available(d)
             {
                 if let Some(opened_half) = d.state().try_take_probe(self.now_ms) {
+                    if !self.admit(d) {
+                        d.state().release_probe();
+                        continue;
+                    }
                     return Some(Selected {
+                        reserved_tokens: self.tokens,
                         deployment: Arc::clone(d),
                         probe: true,
                         opened_half,
@@ -297,10 +368,22 @@ impl Filter<'_> {
             if eligible.is_empty() {
                 return None;
             }
-            let candidates = CandidateSet::new(&index.deployments, eligible, self.now_ms);
-            let chosen = index.strategy.select(&candidates, ctx)?;
-            let position = usize::try_from(*eligible.get(chosen)?).ok()?;
-            index.deployments.get(position).cloned()
+            // A pick can lose its slot to a concurrent request: pick again
+            // (the loser is filtered out next round), a bounded number of times.
+            for _ in 0..=index.deployments.len().min(64) {
+                if eligible.is_empty() {
+                    return None;
+                }
+                let candidates = CandidateSet::new(&index.deployments, eligible, self.now_ms);
+                let chosen = index.strategy.select(&candidates, ctx)?;
+                let position = usize::try_from(*eligible.get(chosen)?).ok()?;
+                let deployment = index.deployments.get(position)?;
+                if self.admit(deployment) {
+                    return Some(Arc::clone(deployment));
+                }
+                eligible.remove(chosen);
+            }
+            None
         };
         ELIGIBLE.with(|buffer| match buffer.try_borrow_mut() {
             Ok(mut eligible) => fill(&mut eligible),
