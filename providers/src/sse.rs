@@ -1,0 +1,336 @@
+//! A small server-sent-events parser: upstream streams are SSE, and their framing must survive any split.
+//!
+//! [`SseParser`] follows the WHATWG event-stream rules that matter for LLM
+//! upstreams: lines end in LF, CRLF or CR (a CR at the end of one read and
+//! an LF at the start of the next are one line break); a line starting with
+//! `:` is a comment; `data:` lines accumulate (joined with `\n`); `event:`
+//! names the event; one space after the colon is dropped; a blank line
+//! dispatches the event; an event with no data is not dispatched; `id` and
+//! `retry` are ignored; a UTF-8 BOM at the very start is skipped.
+//!
+//! One deliberate leniency: at the end of the input an event still being
+//! built (no blank line after it) is dispatched rather than dropped, so an
+//! upstream that closes right after its last `data:` line loses nothing.
+//!
+//! Bytes are decoded per complete line, so a multi-byte character split
+//! across reads is never mangled; invalid UTF-8 is replaced, never a panic.
+//! [`EventSource`] drives the parser over any byte stream.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::StreamExt;
+
+/// The longest line or event the parser buffers before giving up on the
+/// stream (a protocol error, never unbounded memory).
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One dispatched server-sent event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, if one was set.
+    pub event: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// An incremental SSE parser: feed it bytes as they arrive.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    pending_cr: bool,
+    started: bool,
+    head: Vec<u8>,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+    event_bytes: usize,
+}
+
+impl SseParser {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds `bytes`, appending every event they complete to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+        if self.started {
+            self.feed(bytes, out);
+            return;
+        }
+        // Hold the first bytes until it is clear whether they are a BOM,
+        // so a BOM split across reads is still skipped.
+        self.head.extend_from_slice(bytes);
+        if self.head.len() < BOM.len() && BOM.starts_with(&self.head) {
+            return;
+        }
+        self.start(out);
+    }
+
+    fn start(&mut self, out: &mut Vec<SseEvent>) {
+        self.started = true;
+        let head = std::mem::take(&mut self.head);
+        self.feed(head.strip_prefix(BOM).unwrap_or(&head), out);
+    }
+
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+        for &byte in bytes {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if byte == b'\n' {
+                    continue;
+                }
+            }
+            match byte {
+                b'\n' => self.end_line(out),
+                b'\r' => {
+                    self.pending_cr = true;
+                    self.end_line(out);
+                }
+                other => self.line.push(other),
+            }
+        }
+    }
+
+    /// Ends the input: a last line without a line break is processed and
+    /// an event still being built is dispatched.
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.started {
+            self.start(out);
+        }
+        if !self.line.is_empty() {
+            self.end_line(out);
+        }
+        self.dispatch(out);
+        self.pending_cr = false;
+    }
+
+    /// Bytes held for the line or event being built.
+    pub fn buffered(&self) -> usize {
+        self.head.len() + self.line.len() + self.event_bytes
+    }
+
+    fn end_line(&mut self, out: &mut Vec<SseEvent>) {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                (&line[..colon], value)
+            }
+            None => (&line[..], &[][..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.has_data = true;
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.event_bytes += value.len() + 1;
+            }
+            b"event" => {
+                self.event = Some(String::from_utf8_lossy(value).into_owned());
+                self.event_bytes += value.len();
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        let event = self.event.take();
+        self.event_bytes = 0;
+        if !self.has_data {
+            self.data.clear();
+            return;
+        }
+        self.has_data = false;
+        out.push(SseEvent {
+            event: event.filter(|e| !e.is_empty()),
+            data: std::mem::take(&mut self.data),
+        });
+    }
+}
+
+/// Parses a complete byte string at once (tests, small bodies).
+pub fn parse_all(bytes: &[u8]) -> Vec<SseEvent> {
+    let mut parser = SseParser::new();
+    let mut out = Vec::new();
+    parser.push(bytes, &mut out);
+    parser.finish(&mut out);
+    out
+}
+
+/// What ended an [`EventSource`] other than a clean end of input.
+#[derive(Debug)]
+pub enum SourceError<E> {
+    /// The byte stream failed (a reset or a read error mid-body).
+    Transport(E),
+    /// A line or event grew past [`MAX_EVENT_BYTES`].
+    TooLarge,
+}
+
+/// SSE events read from a byte stream, one at a time.
+pub struct EventSource<S> {
+    inner: S,
+    parser: SseParser,
+    queue: VecDeque<SseEvent>,
+    scratch: Vec<SseEvent>,
+    ended: bool,
+}
+
+impl<S> std::fmt::Debug for EventSource<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSource")
+            .field("queued", &self.queue.len())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl<S, E> EventSource<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    /// Reads events from `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            parser: SseParser::new(),
+            queue: VecDeque::new(),
+            scratch: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// The next event; `None` at the end of input.
+    pub async fn next_event(&mut self) -> Option<Result<SseEvent, SourceError<E>>> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.ended {
+                return None;
+            }
+            match self.inner.next().await {
+                Some(Ok(bytes)) => {
+                    self.parser.push(&bytes, &mut self.scratch);
+                    self.queue.extend(self.scratch.drain(..));
+                    if self.parser.buffered() > MAX_EVENT_BYTES {
+                        self.ended = true;
+                        self.queue.clear();
+                        return Some(Err(SourceError::TooLarge));
+                    }
+                }
+                Some(Err(error)) => {
+                    // The queue is empty here: events completed before the
+                    // failure were all handed out already.
+                    self.ended = true;
+                    return Some(Err(SourceError::Transport(error)));
+                }
+                None => {
+                    self.ended = true;
+                    self.parser.finish(&mut self.scratch);
+                    self.queue.extend(self.scratch.drain(..));
+                }
+            }
+        }
+    }
+}
+
+impl<S, E> EventSource<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    /// Reads and discards the rest of the input for at most `limit`: after
+    /// a protocol terminator the body usually ends at once, and reading
+    /// that end lets the connection go back to the pool.
+    pub async fn drain(&mut self, limit: std::time::Duration) {
+        if self.ended {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            while let Some(Ok(_)) = self.inner.next().await {}
+        })
+        .await;
+        self.ended = true;
+        self.queue.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(event: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.map(str::to_owned),
+            data: data.to_owned(),
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        let input = b"\xEF\xBB\xBF: comment\r\ndata: a\r\ndata:b\r\n\r\nevent: ping\ndata: {}\n\nevent: x\n\ndata\n\nid: 3\nretry: 10\ndata:  two spaces\r\rdata: last";
+        assert_eq!(
+            parse_all(input),
+            vec![
+                ev(None, "a\nb"),
+                ev(Some("ping"), "{}"),
+                ev(None, ""),
+                ev(None, " two spaces"),
+                ev(None, "last"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_crlf_split_across_reads_is_one_line_break() {
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        parser.push(b"data: a\r", &mut out);
+        parser.push(b"\ndata: b\r", &mut out);
+        parser.push(b"\n\r", &mut out);
+        parser.push(b"\n", &mut out);
+        assert_eq!(out, vec![ev(None, "a\nb")]);
+    }
+
+    #[test]
+    fn utf8_split_across_reads_is_intact() {
+        let text = "data: héllo ✓\n\n".as_bytes();
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        for byte in text {
+            parser.push(std::slice::from_ref(byte), &mut out);
+        }
+        assert_eq!(out, vec![ev(None, "héllo ✓")]);
+    }
+
+    #[tokio::test]
+    async fn event_source_reads_a_split_stream_and_reports_transport_errors() {
+        let parts: Vec<Result<Bytes, &str>> = vec![
+            Ok(Bytes::from_static(b"data: 1\n")),
+            Ok(Bytes::from_static(b"\ndata: 2\n\n")),
+            Err("reset"),
+        ];
+        let mut source = EventSource::new(futures_util::stream::iter(parts));
+        assert_eq!(source.next_event().await.unwrap().unwrap(), ev(None, "1"));
+        assert_eq!(source.next_event().await.unwrap().unwrap(), ev(None, "2"));
+        assert!(matches!(
+            source.next_event().await,
+            Some(Err(SourceError::Transport("reset")))
+        ));
+        assert!(source.next_event().await.is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! Stream plumbing shared by the adapters: SSE over a response body, with the completeness rule of SPEC §5.
+//!
+//! An upstream stream has exactly one of these outcomes, each a distinct
+//! item the manager acts on:
+//! - **complete**: a chunk with `finish_reason` (Anthropic: `message_delta`
+//!   with `stop_reason`) was seen, then `[DONE]`, `message_stop` or the end
+//!   of the body → the stream ends (`None`);
+//! - **cut**: the body ended, was reset, or said `[DONE]` without that →
+//!   `Err(StreamCut { chunks })`;
+//! - **in-band error**: an error event → `Err(InBand(classified))`;
+//! - **malformed event**: skipped and counted in
+//!   `switchyard_stream_malformed_events_total`, never fatal;
+//! - **silence**: first-token, idle and deadline timeouts, applied by
+//!   core's `TimedStream` (chat) or [`RawTimer`] (native events).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use serde_json::Value;
+use switchyard_core::stream::FINALIZE_AFTER;
+use switchyard_core::{CallContext, ProviderError, Secret, TimeoutPhase, UpstreamError};
+use tokio::time::Instant;
+
+use crate::http::{redact, refine_category};
+use crate::sse::{EventSource, SourceError, SseEvent};
+use crate::wire::{ErrorFields, status_for_error_type};
+
+/// How long a stream's end is read after its terminator, so the
+/// connection can be reused.
+pub const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+
+/// A response body as a byte stream.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// SSE events of a response body.
+pub type ResponseEvents = EventSource<ByteStream>;
+
+/// Reads SSE events from a response.
+pub fn response_events(response: reqwest::Response) -> ResponseEvents {
+    EventSource::new(Box::pin(response.bytes_stream()))
+}
+
+/// Counts one skipped malformed event.
+pub fn count_malformed(provider: &str) {
+    metrics::counter!("switchyard_stream_malformed_events_total").increment(1);
+    tracing::debug!(provider = %provider, "skipped a malformed stream event");
+}
+
+/// An in-band error event (`{"error": {...}}` or Anthropic's
+/// `{"type": "error", "error": {...}}`) as a classified error. The status
+/// comes from the event when it has one, else from the error type.
+pub fn in_band_error(value: &Value, secret: Option<&Secret>) -> ProviderError {
+    let fields = ErrorFields::from_value(value).unwrap_or_default();
+    let status = value
+        .get("error")
+        .and_then(|e| e.get("status"))
+        .or_else(|| value.get("status"))
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|s| (400..=599).contains(s))
+        .unwrap_or_else(|| {
+            status_for_error_type(fields.error_type.as_deref(), fields.code.as_deref())
+        });
+    let message = if fields.message.is_empty() {
+        "error event in the stream".to_owned()
+    } else {
+        redact(&fields.message, secret)
+    };
+    let fields = fields.redacted(secret);
+    let mut error = UpstreamError::from_status(status, message, fields.error_type, fields.code)
+        .with_param(fields.param);
+    refine_category(&mut error);
+    ProviderError::InBand(error)
+}
+
+/// A transport failure or oversized event in the middle of a stream.
+pub fn source_failure<E>(error: SourceError<E>, chunks: u64) -> ProviderError {
+    match error {
+        SourceError::Transport(_) => ProviderError::StreamCut { chunks },
+        SourceError::TooLarge => ProviderError::Protocol {
+            message: "a stream event exceeded the size limit".to_owned(),
+        },
+    }
+}
+
+/// Timeouts for streams that are not chat chunks (native Anthropic
+/// events): the same rules as core's `TimedStream`. Content arrives with
+/// `content_block_delta`; after completion, [`FINALIZE_AFTER`] of silence
+/// ends the stream cleanly.
+#[derive(Debug)]
+pub struct RawTimer {
+    first_token: Instant,
+    idle: Duration,
+    deadline: Option<Instant>,
+    seen_content: bool,
+    finished: bool,
+}
+
+/// What the timer says about a wait that expired.
+#[derive(Debug, PartialEq)]
+pub enum Expired {
+    /// A timeout error.
+    Error(ProviderError),
+    /// The stream was complete: end it cleanly.
+    Finalise,
+}
+
+impl RawTimer {
+    /// Starts the first-token clock.
+    pub fn new(ctx: &CallContext) -> Self {
+        Self {
+            first_token: Instant::now() + ctx.first_token_timeout,
+            idle: ctx.stream_idle_timeout,
+            deadline: ctx.deadline,
+            seen_content: false,
+            finished: false,
+        }
+    }
+
+    /// Records content.
+    pub fn content(&mut self) {
+        self.seen_content = true;
+    }
+
+    /// Records completion.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+
+    /// When the current wait expires.
+    pub fn wait_until(&self) -> Instant {
+        let now = Instant::now();
+        let at = if self.finished {
+            now + FINALIZE_AFTER
+        } else if self.seen_content {
+            now + self.idle
+        } else {
+            self.first_token
+        };
+        match self.deadline {
+            Some(deadline) => at.min(deadline),
+            None => at,
+        }
+    }
+
+    /// What an expired wait means.
+    pub fn expired(&self) -> Expired {
+        if self.finished {
+            return Expired::Finalise;
+        }
+        let phase = if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            TimeoutPhase::Deadline
+        } else if self.seen_content {
+            TimeoutPhase::StreamIdle
+        } else {
+            TimeoutPhase::FirstToken
+        };
+        Expired::Error(ProviderError::Timeout { phase })
+    }
+}
+
+/// Whether an event's data is the OpenAI terminator.
+pub fn is_done(event: &SseEvent) -> bool {
+    event.data.trim() == "[DONE]"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use switchyard_core::UpstreamCategory;
+
+    #[test]
+    fn in_band_errors_are_classified() {
+        let anthropic = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        let error = in_band_error(&anthropic, None);
+        assert_eq!(error.status(), Some(529));
+        assert_eq!(error.category(), Some(UpstreamCategory::Overloaded));
+        let openai =
+            json!({"error": {"message": "The server had an error", "type": "server_error"}});
+        assert_eq!(in_band_error(&openai, None).status(), Some(500));
+        let limited = json!({"error": {"message": "slow down", "type": "rate_limit_error"}});
+        assert_eq!(
+            in_band_error(&limited, None).category(),
+            Some(UpstreamCategory::RateLimited)
+        );
+    }
+}
