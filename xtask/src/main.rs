@@ -13,6 +13,7 @@
 //! drives `cargo` and reads files.
 
 mod ci;
+mod harness;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ Commands:
             --skip-fmt      skip `cargo fmt --all -- --check`
             --skip-clippy   skip `cargo clippy --workspace --all-targets`
             --skip-doc      skip `cargo doc --workspace --no-deps` (doc tests still run)
+  chaos   Run the 16 failover faults against the real server and print the
+          scorecard; exits non-zero unless every fault scores as required.
+            --quick         shortened waits (what CI runs, under 3 minutes)
+            --only N,N      only these faults
   tidy    Check every .rs file in the workspace (target/ and hidden directories
           excluded): a `//!` doc comment on the first non-empty line, no
           leftover todo/unimplemented/dbg macros, no tab characters.
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
             Ok(flags) => ci::run(&workspace_root(), flags),
             Err(message) => usage_error(&message),
         },
+        "chaos" => harness::chaos(&workspace_root(), rest),
         "tidy" => match rest.first() {
             None => tidy::run(&workspace_root()),
             Some(arg) => usage_error(&format!("`tidy` takes no arguments, got `{arg}`")),

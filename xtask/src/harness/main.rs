@@ -1,0 +1,74 @@
+//! `xtask-harness`: the workflows that drive the real server over sockets (chaos).
+//!
+//! `cargo xtask chaos` builds and runs this binary (feature `harness`), so
+//! its dependencies (tokio, reqwest) never slow down `cargo xtask ci`'s
+//! start-up. Arguments: `chaos [--quick] [--only N,N] --server PATH --root PATH`.
+
+mod chaos;
+mod gateway;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("usage: xtask-harness chaos [--quick] [--only N,N] --server PATH --root PATH");
+        return ExitCode::from(2);
+    };
+    let mut quick = false;
+    let mut only = None;
+    let mut server = None;
+    let mut root = None;
+    let mut rest = rest.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--only" => {
+                only = rest.next().map(|list| {
+                    list.split(',')
+                        .filter_map(|n| n.trim().parse().ok())
+                        .collect()
+                })
+            }
+            "--server" => server = rest.next().map(PathBuf::from),
+            "--root" => root = rest.next().map(PathBuf::from),
+            other => {
+                eprintln!("unknown argument `{other}`");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(server), Some(root)) = (server, root) else {
+        eprintln!("--server and --root are required");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command.as_str() {
+        "chaos" => {
+            let options = chaos::Options { quick, only };
+            match runtime.block_on(chaos::run(&root, &server, options)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(message) => {
+                    eprintln!("chaos: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        other => {
+            eprintln!("unknown harness command `{other}`");
+            ExitCode::from(2)
+        }
+    }
+}
