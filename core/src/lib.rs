@@ -63,9 +63,9 @@ pub use error::{
 };
 pub use event::{EventKind, ProviderEvent};
 pub use manager::{
-    AddOptions, AddOutcome, AdmissionControl, Attempt, CallGuard, FailoverOptions, FailoverResult,
-    HealthChecker, ManagedStream, ManagerBuilder, MetricsSnapshot, ProviderCounters,
-    ProviderHandle, ProviderLoadStats, ProviderManager, SelectRequest, Unlimited,
+    AddOptions, AddOutcome, AdmissionControl, Attempt, CallGuard, ConfigDiff, FailoverOptions,
+    FailoverResult, HealthChecker, ManagedStream, ManagerBuilder, MetricsSnapshot,
+    ProviderCounters, ProviderHandle, ProviderLoadStats, ProviderManager, SelectRequest, Unlimited,
 };
 pub use provider::{CallContext, Capabilities, NoFactory, Pricing, Provider, ProviderFactory};
 pub use registry::Deployment;

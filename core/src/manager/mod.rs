@@ -77,6 +77,19 @@ pub struct AddOutcome {
     pub health: Option<Health>,
 }
 
+/// What [`ProviderManager::apply_config`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConfigDiff {
+    /// Providers added.
+    pub added: Vec<String>,
+    /// Providers whose config changed.
+    pub changed: Vec<String>,
+    /// Providers removed.
+    pub removed: Vec<String>,
+    /// Whether any route changed.
+    pub routes_changed: bool,
+}
+
 /// One row of [`ProviderManager::get_provider_load_stats`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProviderLoadStats {
@@ -995,6 +1008,134 @@ impl ProviderManager {
             health,
         });
         Ok(health)
+    }
+
+    /// Applies a whole new provider and route set (a config reload):
+    /// validates it, diffs it against the registry by provider id, and
+    /// applies only the diff in one atomic swap. Unchanged providers keep
+    /// their adapters and state; changed ones keep health and stats unless
+    /// their type, URL or key changed; calls in flight finish on the config
+    /// they started with. An invalid set changes nothing, emits
+    /// `config_reload_failed`, and returns every issue with its path.
+    pub async fn apply_config(
+        &self,
+        providers: Vec<ProviderConfig>,
+        routes: BTreeMap<String, RouteConfig>,
+    ) -> Result<ConfigDiff, ManagerError> {
+        let result = self.apply_config_inner(providers, routes).await;
+        if let Err(error) = &result {
+            self.inner.emit(EventKind::ConfigReloadFailed {
+                error: error.to_string(),
+            });
+        }
+        result
+    }
+
+    async fn apply_config_inner(
+        &self,
+        providers: Vec<ProviderConfig>,
+        routes: BTreeMap<String, RouteConfig>,
+    ) -> Result<ConfigDiff, ManagerError> {
+        let candidate = GatewayConfig {
+            manager: self.inner.options.clone(),
+            providers,
+            routes,
+        };
+        candidate.validate()?;
+        let _write = self.inner.write.lock().await;
+        let current = self.inner.registry.load_full();
+        let now_ms = self.inner.clock.now_ms();
+        let timeout_ms = millis(self.inner.options.provider_timeout);
+        let mut diff = ConfigDiff::default();
+        let mut entries = Vec::with_capacity(candidate.providers.len());
+        let mut issues = Vec::new();
+        for (i, config) in candidate.providers.into_iter().enumerate() {
+            let previous = current.provider(&config.id).cloned();
+            match previous {
+                Some(previous) if *previous.config == config => entries.push(previous),
+                previous => {
+                    let provider = match self.inner.factory.create(&config) {
+                        Ok(provider) => provider,
+                        Err(error) => {
+                            issues.extend(error.issues.into_iter().map(|mut issue| {
+                                issue.path = format!("providers[{i}].{}", issue.path);
+                                issue
+                            }));
+                            continue;
+                        }
+                    };
+                    match &previous {
+                        Some(_) => diff.changed.push(config.id.clone()),
+                        None => diff.added.push(config.id.clone()),
+                    }
+                    let (entry, _) = ProviderEntry::build(
+                        config,
+                        provider,
+                        previous.as_deref(),
+                        now_ms,
+                        timeout_ms,
+                    );
+                    entries.push(Arc::new(entry));
+                }
+            }
+        }
+        if !issues.is_empty() {
+            return Err(ConfigError { issues }.into());
+        }
+        diff.removed = current
+            .providers
+            .iter()
+            .filter(|p| !entries.iter().any(|e| e.config.id == p.config.id))
+            .map(|p| p.config.id.clone())
+            .collect();
+        diff.routes_changed = *current.routes != candidate.routes;
+        self.swap(entries, Arc::new(candidate.routes), &current)?;
+        let next = self.inner.registry.load_full();
+        for id in &diff.removed {
+            if let Some(entry) = current.provider(id) {
+                self.inner
+                    .set_lifecycle(&entry.state, id, Lifecycle::Removed);
+            }
+            self.inner.emit(EventKind::ProviderRemoved {
+                provider_id: id.clone(),
+            });
+        }
+        for id in &diff.changed {
+            let (Some(before), Some(after)) = (current.provider(id), next.provider(id)) else {
+                continue;
+            };
+            self.inner.emit(EventKind::ProviderUpdated {
+                provider_id: id.clone(),
+                state_kept: Arc::ptr_eq(&before.state, &after.state),
+            });
+            let lifecycle = if after.config.enabled {
+                Lifecycle::Active
+            } else {
+                Lifecycle::Disabled
+            };
+            if before.config.enabled != after.config.enabled {
+                self.inner.set_lifecycle(&after.state, id, lifecycle);
+            }
+        }
+        for id in &diff.added {
+            if let Some(entry) = next.provider(id) {
+                self.announce(entry, &[Lifecycle::Validated, Lifecycle::Initialized]);
+            }
+        }
+        self.inner.emit(EventKind::ConfigReloaded {
+            added: diff.added.clone(),
+            changed: diff.changed.clone(),
+            removed: diff.removed.clone(),
+        });
+        Ok(diff)
+    }
+
+    /// Reports a reload that failed before reaching the manager (a file that
+    /// does not parse, say): emits `config_reload_failed`.
+    pub fn report_reload_failure(&self, error: &str) {
+        self.inner.emit(EventKind::ConfigReloadFailed {
+            error: error.to_owned(),
+        });
     }
 
     /// Replaces (or with `None` removes) the route of `model`, validated
