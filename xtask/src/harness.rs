@@ -10,37 +10,37 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
-/// `cargo xtask chaos [--quick] [--only N,N]`.
-pub fn chaos(root: &Path, args: &[String]) -> ExitCode {
-    for arg in args {
-        if !matches!(arg.as_str(), "--quick" | "--only")
-            && !arg.chars().all(|c| c.is_ascii_digit() || c == ',')
-        {
-            eprintln!("error: unknown chaos flag `{arg}` (expected --quick, --only N,N)");
-            return ExitCode::from(2);
-        }
+fn succeeded(command: &mut Command) -> bool {
+    command.status().is_ok_and(|s| s.success())
+}
+
+/// Builds `switchyard`, then runs `xtask-harness <command> <args>` against it.
+fn run(root: &Path, command: &str, args: &[String], release: bool) -> ExitCode {
+    let mut build = Command::new(cargo());
+    build.current_dir(root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "switchyard-server",
+        "--bin",
+        "switchyard",
+    ]);
+    if release {
+        build.arg("--release");
     }
-    let built = Command::new(cargo())
-        .current_dir(root)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "switchyard-server",
-            "--bin",
-            "switchyard",
-        ])
-        .status();
-    if !built.is_ok_and(|s| s.success()) {
+    if !succeeded(&mut build) {
         eprintln!("error: building the switchyard binary failed");
         return ExitCode::FAILURE;
     }
-    let server = root.join("target").join("debug").join("switchyard");
-    let status = Command::new(cargo())
+    let profile = if release { "release" } else { "debug" };
+    let server = root.join("target").join(profile).join("switchyard");
+    let mut harness = Command::new(cargo());
+    harness
         .current_dir(root)
         .args([
             "run",
             "--quiet",
+            "--release",
             "-p",
             "xtask",
             "--features",
@@ -48,20 +48,63 @@ pub fn chaos(root: &Path, args: &[String]) -> ExitCode {
             "--bin",
             "xtask-harness",
             "--",
-            "chaos",
         ])
+        .arg(command)
         .args(args)
         .arg("--server")
         .arg(&server)
         .arg("--root")
-        .arg(root)
-        .status();
-    match status {
-        Ok(status) if status.success() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: cannot run the harness: {e}");
-            ExitCode::FAILURE
+        .arg(root);
+    if succeeded(&mut harness) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn check_flags(args: &[String], flags: &[&str], valued: &[&str]) -> Result<(), String> {
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if valued.contains(&arg.as_str()) {
+            if rest.next().is_none() {
+                return Err(format!("`{arg}` needs a value"));
+            }
+        } else if !flags.contains(&arg.as_str()) {
+            return Err(format!("unknown flag `{arg}`"));
         }
     }
+    Ok(())
+}
+
+/// `cargo xtask chaos [--quick] [--only N,N]`.
+pub fn chaos(root: &Path, args: &[String]) -> ExitCode {
+    if let Err(message) = check_flags(args, &["--quick"], &["--only"]) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    run(root, "chaos", args, false)
+}
+
+/// `cargo xtask bench [--micro] [--seconds N] [--providers N]`.
+pub fn bench(root: &Path, args: &[String]) -> ExitCode {
+    if let Err(message) = check_flags(args, &["--micro"], &["--seconds", "--providers"]) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    if args.iter().any(|a| a == "--micro") {
+        let mut micro = Command::new(cargo());
+        micro.current_dir(root).args([
+            "bench",
+            "-p",
+            "switchyard-strategies",
+            "--bench",
+            "selection",
+        ]);
+        return if succeeded(&mut micro) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    run(root, "bench", args, true)
 }

@@ -29,6 +29,12 @@ Commands:
             --skip-fmt      skip `cargo fmt --all -- --check`
             --skip-clippy   skip `cargo clippy --workspace --all-targets`
             --skip-doc      skip `cargo doc --workspace --no-deps` (doc tests still run)
+  bench   Measure gateway overhead against a do-nothing upstream: direct vs
+          nginx (the floor) vs switchyard, at 1 and 64 connections, plain and
+          streaming; prints a markdown table (installs wrk and nginx if missing).
+            --seconds N     measured seconds per cell (default 10)
+            --providers N   providers configured for the model (default 100)
+            --micro         run the criterion selection micro-benchmarks instead
   chaos   Run the 16 failover faults against the real server and print the
           scorecard; exits non-zero unless every fault scores as required.
             --quick         shortened waits (what CI runs, under 3 minutes)
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
             Err(message) => usage_error(&message),
         },
         "chaos" => harness::chaos(&workspace_root(), rest),
+        "bench" => harness::bench(&workspace_root(), rest),
         "tidy" => match rest.first() {
             None => tidy::run(&workspace_root()),
             Some(arg) => usage_error(&format!("`tidy` takes no arguments, got `{arg}`")),

@@ -1,9 +1,10 @@
-//! `xtask-harness`: the workflows that drive the real server over sockets (chaos).
+//! `xtask-harness`: the workflows that drive the real server over sockets (chaos, bench).
 //!
 //! `cargo xtask chaos` builds and runs this binary (feature `harness`), so
 //! its dependencies (tokio, reqwest) never slow down `cargo xtask ci`'s
 //! start-up. Arguments: `chaos [--quick] [--only N,N] --server PATH --root PATH`.
 
+mod bench;
 mod chaos;
 mod gateway;
 mod upstream;
@@ -18,6 +19,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let mut quick = false;
+    let mut seconds = 10;
+    let mut providers = 100;
     let mut only = None;
     let mut server = None;
     let mut root = None;
@@ -34,6 +37,13 @@ fn main() -> ExitCode {
             }
             "--server" => server = rest.next().map(PathBuf::from),
             "--root" => root = rest.next().map(PathBuf::from),
+            "--seconds" => seconds = rest.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
+            "--providers" => {
+                providers = rest
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(providers)
+            }
             other => {
                 eprintln!("unknown argument `{other}`");
                 return ExitCode::from(2);
@@ -62,6 +72,20 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(message) => {
                     eprintln!("chaos: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        "bench" => {
+            let options = bench::Options { seconds, providers };
+            match runtime.block_on(bench::run(&root, &server, options)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("bench: a target was missed (see the ratios above)");
+                    ExitCode::FAILURE
+                }
+                Err(message) => {
+                    eprintln!("bench: {message}");
                     ExitCode::FAILURE
                 }
             }
