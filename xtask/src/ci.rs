@@ -5,12 +5,18 @@
 //! 1. `fmt`: `cargo fmt --all -- --check`
 //! 2. `tidy`: the checks of [`crate::tidy`], run in-process
 //! 3. `clippy`: `cargo clippy --workspace --all-targets -- -D warnings`
-//! 4. `tests`: `cargo nextest run --workspace --no-fail-fast` when
+//! 4. `sdk-venv`: the Python venv of the SDK compatibility tests:
+//!    `python3 -m venv target/sdk-venv`, then
+//!    `target/sdk-venv/bin/pip install --quiet openai anthropic`, unless both
+//!    packages are already importable there. The tests step gets
+//!    `SWITCHYARD_SDK_PYTHON=<absolute path of the venv's python>`. When the
+//!    venv cannot be made, CI fails; a local run warns and the SDK tests skip.
+//! 5. `tests`: `cargo nextest run --workspace --no-fail-fast` when
 //!    `cargo nextest --version` works, else `cargo test --workspace`
-//! 5. `doctests`: `cargo test --workspace --doc` (nextest does not run doc tests)
-//! 6. `doc`: `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-D warnings`
+//! 6. `doctests`: `cargo test --workspace --doc` (nextest does not run doc tests)
+//! 7. `doc`: `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-D warnings`
 //!
-//! `--skip-fmt`, `--skip-clippy` and `--skip-doc` drop steps 1, 3 and 6 for
+//! `--skip-fmt`, `--skip-clippy` and `--skip-doc` drop steps 1, 3 and 7 for
 //! local iteration. Every step prints its name and duration. When the `CI`
 //! environment variable is set (and not empty), cargo steps run with
 //! `CARGO_INCREMENTAL=0`: incremental caches only cost time on a fresh clone.
@@ -18,7 +24,7 @@
 //! through untouched.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,7 +65,18 @@ enum Action {
     },
     /// Run the tidy checks in-process.
     Tidy,
+    /// Create the Python SDK venv (see [`SDK_VENV`]).
+    SdkVenv,
 }
+
+/// The SDK venv, relative to the workspace root.
+const SDK_VENV: &str = "target/sdk-venv";
+
+/// The packages the SDK compatibility tests import.
+const SDK_PACKAGES: [&str; 2] = ["openai", "anthropic"];
+
+/// The variable that tells the SDK tests which python to run.
+const SDK_PYTHON_ENV: &str = "SWITCHYARD_SDK_PYTHON";
 
 /// One step of the suite.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +117,10 @@ impl Step {
     fn describe(&self) -> String {
         match &self.action {
             Action::Tidy => "cargo xtask tidy (in-process)".to_owned(),
+            Action::SdkVenv => format!(
+                "python3 -m venv {SDK_VENV} && {SDK_VENV}/bin/pip install --quiet {} (unless already importable)",
+                SDK_PACKAGES.join(" ")
+            ),
             Action::Cargo { args, env } => {
                 let env: Vec<String> = env
                     .iter()
@@ -153,6 +174,11 @@ fn plan(flags: Flags, nextest: bool) -> Vec<Step> {
             ],
         )
         .skipped_if(flags.skip_clippy, "--skip-clippy"),
+        Step {
+            name: "sdk-venv",
+            action: Action::SdkVenv,
+            skipped_by: None,
+        },
         tests,
         Step::cargo("doctests", &["test", "--workspace", "--doc"]),
         Step::cargo("doc", &["doc", "--workspace", "--no-deps"])
@@ -183,16 +209,88 @@ fn nextest_available(root: &Path) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// Runs one step from `root`. `Err` says why it failed.
-fn run_step(root: &Path, step: &Step, ci: bool) -> Result<(), String> {
+/// Whether `python` can import every SDK package.
+fn sdk_importable(python: &Path) -> bool {
+    let imports = format!("import {}", SDK_PACKAGES.join(", "));
+    python.is_file()
+        && Command::new(python)
+            .args(["-c", &imports])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+}
+
+/// Runs `command`; `Err` describes a failure to start or a non-zero exit.
+fn run_command(command: &mut Command, what: &str) -> Result<(), String> {
+    match command.stdin(Stdio::null()).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("`{what}` failed: {status}")),
+        Err(err) => Err(format!("could not start `{what}`: {err}")),
+    }
+}
+
+/// Creates the SDK venv under `root` unless it already has the packages;
+/// returns the absolute path of its python.
+fn sdk_venv(root: &Path) -> Result<PathBuf, String> {
+    let venv = std::path::absolute(root.join(SDK_VENV))
+        .map_err(|err| format!("cannot resolve {SDK_VENV}: {err}"))?;
+    let python = venv.join("bin").join("python");
+    if sdk_importable(&python) {
+        println!("    {SDK_VENV} already has {}", SDK_PACKAGES.join(", "));
+        return Ok(python);
+    }
+    run_command(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        &format!("python3 -m venv {SDK_VENV}"),
+    )?;
+    run_command(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(SDK_PACKAGES),
+        &format!("{SDK_VENV}/bin/pip install {}", SDK_PACKAGES.join(" ")),
+    )?;
+    if sdk_importable(&python) {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} still cannot import {}",
+            python.display(),
+            SDK_PACKAGES.join(", ")
+        ))
+    }
+}
+
+/// Runs one step from `root`. `Err` says why it failed. `extra_env` goes to
+/// cargo steps; the SDK step adds `SWITCHYARD_SDK_PYTHON` to it.
+fn run_step(
+    root: &Path,
+    step: &Step,
+    ci: bool,
+    extra_env: &mut Vec<(&'static str, OsString)>,
+) -> Result<(), String> {
     match &step.action {
         Action::Tidy => crate::tidy::check_and_report(root),
+        Action::SdkVenv => match sdk_venv(root) {
+            Ok(python) => {
+                println!("    {SDK_PYTHON_ENV}={}", python.display());
+                extra_env.push((SDK_PYTHON_ENV, python.into_os_string()));
+                Ok(())
+            }
+            Err(reason) if ci => Err(reason),
+            Err(reason) => {
+                eprintln!("warning: {reason}; the Python SDK tests will be skipped");
+                Ok(())
+            }
+        },
         Action::Cargo { args, env } => {
             let mut command = Command::new(cargo_program());
             command
                 .args(args)
                 .current_dir(root)
-                .envs(env.iter().copied());
+                .envs(env.iter().copied())
+                .envs(extra_env.iter().map(|(key, value)| (*key, value)));
             if ci {
                 command.env("CARGO_INCREMENTAL", "0");
             }
@@ -217,6 +315,7 @@ pub fn run(root: &Path, flags: Flags) -> ExitCode {
     let steps = plan(flags, nextest_available(root));
     let total = steps.len();
     let mut timings: Vec<(&str, Option<Duration>)> = Vec::new();
+    let mut extra_env: Vec<(&'static str, OsString)> = Vec::new();
 
     for (index, step) in steps.iter().enumerate() {
         let number = index + 1;
@@ -227,7 +326,7 @@ pub fn run(root: &Path, flags: Flags) -> ExitCode {
         }
         println!("==> [{number}/{total}] {}: {}", step.name, step.describe());
         let step_started = Instant::now();
-        let outcome = run_step(root, step, ci);
+        let outcome = run_step(root, step, ci, &mut extra_env);
         let took = step_started.elapsed();
         if let Err(reason) = outcome {
             let not_run: Vec<&str> = steps[number..].iter().map(|step| step.name).collect();
@@ -302,7 +401,9 @@ mod tests {
         let steps = plan(Flags::default(), true);
         assert_eq!(
             names(&steps),
-            vec!["fmt", "tidy", "clippy", "tests", "doctests", "doc"]
+            vec![
+                "fmt", "tidy", "clippy", "sdk-venv", "tests", "doctests", "doc"
+            ]
         );
         assert!(skipped(&steps).is_empty());
     }
@@ -311,11 +412,11 @@ mod tests {
     fn tests_use_nextest_when_available_else_cargo_test() {
         let with = plan(Flags::default(), true);
         assert_eq!(
-            with[3].describe(),
+            with[4].describe(),
             "cargo nextest run --workspace --no-fail-fast"
         );
         let without = plan(Flags::default(), false);
-        assert_eq!(without[3].describe(), "cargo test --workspace");
+        assert_eq!(without[4].describe(), "cargo test --workspace");
     }
 
     #[test]
@@ -328,6 +429,7 @@ mod tests {
                 "cargo fmt --all -- --check",
                 "cargo xtask tidy (in-process)",
                 "cargo clippy --workspace --all-targets -- -D warnings",
+                "python3 -m venv target/sdk-venv && target/sdk-venv/bin/pip install --quiet openai anthropic (unless already importable)",
                 "cargo nextest run --workspace --no-fail-fast",
                 "cargo test --workspace --doc",
                 "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps",
@@ -360,6 +462,13 @@ mod tests {
         assert!(is_ci(Some(OsString::from("1"))));
         assert!(!is_ci(Some(OsString::new())));
         assert!(!is_ci(None));
+    }
+
+    #[test]
+    fn a_missing_python_has_no_sdk() {
+        assert!(!sdk_importable(Path::new(
+            "/nonexistent/sdk-venv/bin/python"
+        )));
     }
 
     #[test]

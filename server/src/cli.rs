@@ -1,0 +1,175 @@
+//! The `switchyard` command line: `serve` (the default) and `check-config`.
+//!
+//! ```text
+//! switchyard [serve] [--config PATH] [--listen ADDR]
+//! switchyard check-config [--config PATH]
+//! ```
+//!
+//! Without `--config` (and without `SWITCHYARD_CONFIG`) the embedded
+//! default config runs: two mock providers, offline. `--listen` overrides
+//! `server.listen` after the file and the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigSource};
+use crate::{Gateway, StartError, telemetry};
+
+/// Switchyard: one OpenAI-compatible endpoint in front of many LLM providers.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the default `serve` command.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ServeArgs),
+    /// Load and validate the config (provider keys included), then print it as JSON with secrets redacted.
+    CheckConfig(ConfigArgs),
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (default: $SWITCHYARD_CONFIG, else the embedded default).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, overriding `server.listen` (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Options of `check-config`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML config file (default: $SWITCHYARD_CONFIG, else the embedded default).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Runs the parsed command line; the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Some(Command::CheckConfig(args)) => check_config(&args),
+        Some(Command::Serve(args)) => serve(&ServeArgs {
+            config: args.config.or(cli.serve.config),
+            listen: args.listen.or(cli.serve.listen),
+        }),
+        None => serve(&cli.serve),
+    }
+}
+
+fn source(path: Option<&std::path::Path>) -> ConfigSource {
+    ConfigSource::resolve(path, |name| std::env::var(name).ok())
+}
+
+fn check_config(args: &ConfigArgs) -> ExitCode {
+    let source = source(args.config.as_deref());
+    let checked = config::load(&source)
+        .map_err(StartError::from)
+        .and_then(|config| {
+            // Building the gateway also checks what loading cannot: provider
+            // keys in the environment and every adapter's construction.
+            Gateway::new(config.clone()).map(|_| config)
+        });
+    match checked {
+        Ok(config) => {
+            eprintln!("{source}: ok ({} providers)", config.providers.len());
+            match serde_json::to_string_pretty(&config) {
+                Ok(json) => println!("{json}"),
+                Err(error) => eprintln!("cannot print the config: {error}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {source}: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    telemetry::init_tracing();
+    let source = source(args.config.as_deref());
+    let mut config = match config::load(&source) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {source}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %source, "starting switchyard");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: config::Config) -> Result<(), StartError> {
+    let listen = config.server.listen;
+    let gateway = Gateway::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| {
+            StartError::Io(std::io::Error::new(
+                error.kind(),
+                format!("cannot listen on {listen}: {error}"),
+            ))
+        })?;
+    gateway.serve(listener, crate::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_is_the_default_command() {
+        let cli = Cli::try_parse_from(["switchyard", "--listen", "127.0.0.1:9"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen, Some("127.0.0.1:9".parse().unwrap()));
+        let cli = Cli::try_parse_from(["switchyard", "serve", "--config", "a.toml"]).unwrap();
+        match cli.command {
+            Some(Command::Serve(args)) => assert_eq!(args.config, Some(PathBuf::from("a.toml"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["switchyard", "check-config"]).is_ok());
+        assert!(Cli::try_parse_from(["switchyard", "--listen", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! `POST /v1/chat/completions`: non-streaming through `execute_with_failover`, streaming through `execute_stream_with_failover`.
+//!
+//! The body is parsed into core's `ChatRequest`, whose flattened `extra`
+//! maps pass every unknown field through untouched. Each attempt sends a
+//! copy with `model` set to the attempt's upstream name. Streams always ask
+//! the upstream for usage (`stream_options.include_usage`) and drop the
+//! usage-only chunk when the client did not ask for it; headers are sent
+//! only once the manager returned the first content, so failures before it
+//! fail over invisibly. A stream that fails after content ends with one
+//! `data: {"error": {...}}` event and no `[DONE]`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use switchyard_core::{ChatRequest, FailoverOptions, ManagedStream, Pricing, RequestType};
+use tracing::Instrument;
+
+use super::{
+    Answered, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    stream_error, success_headers, with_request_id,
+};
+use crate::app::AppState;
+use crate::error::{ApiError, Shape};
+use crate::sse::{self, UntilFirstItem};
+
+/// The handler.
+pub async fn handle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let meta = RequestMeta::from_headers(&headers);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %meta.request_id,
+        endpoint = "chat.completions",
+        model = tracing::field::Empty,
+        stream = tracing::field::Empty,
+    );
+    let response = run(state, &meta, body).instrument(span).await;
+    with_request_id(response, &meta)
+}
+
+async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut recorder = Recorder::start(&state, "chat.completions", meta);
+    let bytes = match read_body(body, state.server.max_body_bytes, Shape::OpenAi) {
+        Ok(bytes) => bytes,
+        Err(error) => return fail(recorder, error),
+    };
+    if state.server.log_bodies {
+        tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
+    }
+    let request: ChatRequest = match parse_json(&bytes) {
+        Ok(request) => request,
+        Err(error) => return fail(recorder, error),
+    };
+    if request.model.trim().is_empty() {
+        return fail(
+            recorder,
+            ApiError::invalid_request("You must provide a model parameter.").with_param("model"),
+        );
+    }
+    let span = tracing::Span::current();
+    span.record("model", request.model.as_str());
+    span.record("stream", request.stream);
+    recorder.set_model(&request.model);
+    let options = options(
+        &request.model,
+        RequestType::Chat,
+        meta,
+        request.metadata_region(),
+        request.estimated_prompt_tokens(),
+        request.output_limit(),
+    );
+    if request.stream {
+        stream(state, request, options, recorder).await
+    } else {
+        unary(state, request, options, recorder).await
+    }
+}
+
+async fn unary(
+    state: AppState,
+    request: ChatRequest,
+    options: FailoverOptions,
+    mut recorder: Recorder,
+) -> Response {
+    let upstream = recorder.upstream();
+    let outcome = state
+        .manager
+        .execute_with_failover(options, |attempt| {
+            let mut request = request.clone();
+            request.model.clone_from(&attempt.upstream_model);
+            request.stream = false;
+            let timer = upstream.clone();
+            let span = attempt_span(&attempt);
+            async move {
+                let _timing = timer.span();
+                let pricing = attempt.deployment.pricing();
+                let response = attempt.provider.chat(request, &attempt.ctx).await?;
+                if let Some(usage) = &response.usage {
+                    attempt.report_usage(usage);
+                }
+                Ok((response, pricing))
+            }
+            .instrument(span)
+        })
+        .await;
+    match outcome {
+        Ok(result) => {
+            let ((mut body, pricing), answered) = Answered::split(result);
+            body.model.clone_from(&answered.model);
+            recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+            if let Some(usage) = &body.usage {
+                recorder.usage(usage);
+            }
+            let mut response = Json(body).into_response();
+            success_headers(&mut response, &answered);
+            recorder.finish("200");
+            response
+        }
+        Err(error) => fail(recorder, ApiError::from_manager(&error, &state.redactor)),
+    }
+}
+
+async fn stream(
+    state: AppState,
+    request: ChatRequest,
+    options: FailoverOptions,
+    mut recorder: Recorder,
+) -> Response {
+    let client_wants_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let upstream = recorder.upstream();
+    // The pricing of the attempt that answered: the last one `op` saw.
+    let pricing = Arc::new(Mutex::new(Pricing::default()));
+    let slot = Arc::clone(&pricing);
+    let outcome = state
+        .manager
+        .execute_stream_with_failover(options, move |attempt| {
+            let mut request = request.clone();
+            attempt.apply_resume(&mut request);
+            request.model.clone_from(&attempt.upstream_model);
+            request.stream = true;
+            request
+                .stream_options
+                .get_or_insert_with(Default::default)
+                .include_usage = true;
+            *slot.lock() = attempt.deployment.pricing();
+            let timer = upstream.clone();
+            let span = attempt_span(&attempt);
+            async move {
+                let timing = timer.span();
+                let stream = attempt.provider.chat_stream(request, &attempt.ctx).await?;
+                let timed: switchyard_core::ChatStream =
+                    Box::pin(UntilFirstItem::new(stream, timing));
+                Ok(timed)
+            }
+            .instrument(span)
+        })
+        .await;
+    match outcome {
+        Ok(result) => {
+            let (stream, answered) = Answered::split(result);
+            let pricing = *pricing.lock();
+            recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+            recorder.first_token();
+            let events = ChatEvents {
+                stream,
+                answered: answered.clone(),
+                client_wants_usage,
+                recorder: Some(recorder),
+                finished: false,
+            };
+            let mut response = sse::response(events.into_stream());
+            success_headers(&mut response, &answered);
+            response
+        }
+        Err(error) => fail(recorder, ApiError::from_manager(&error, &state.redactor)),
+    }
+}
+
+/// The SSE events of one chat stream.
+struct ChatEvents {
+    stream: ManagedStream,
+    answered: Answered,
+    client_wants_usage: bool,
+    /// Dropped with the stream when the client goes away: recorded `cancelled`.
+    recorder: Option<Recorder>,
+    finished: bool,
+}
+
+impl ChatEvents {
+    fn into_stream(self) -> impl futures_core::Stream<Item = String> + Send + 'static {
+        futures_util::stream::unfold(self, |mut events| async move {
+            let next = events.next_event().await?;
+            Some((next, events))
+        })
+    }
+
+    fn finish(&mut self, status: &str) {
+        self.finished = true;
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish(status);
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<String> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            match self.stream.next().await {
+                Some(Ok(mut chunk)) => {
+                    if let (Some(usage), Some(recorder)) = (&chunk.usage, self.recorder.as_mut()) {
+                        recorder.usage(usage);
+                    }
+                    if !self.client_wants_usage && chunk.choices.is_empty() && chunk.usage.is_some()
+                    {
+                        continue;
+                    }
+                    chunk.model.clone_from(&self.answered.model);
+                    match serde_json::to_string(&chunk) {
+                        Ok(json) => return Some(sse::data(&json)),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot serialise a chunk; skipped");
+                            continue;
+                        }
+                    }
+                }
+                Some(Err(error)) => {
+                    // Content was already sent, so this failure cannot fail
+                    // over invisibly. Stream resumption (SPEC §5: prefill /
+                    // replay on another deployment) plugs in here; until
+                    // then the stream ends with an explicit error event and
+                    // no [DONE], never as a truncation that looks complete.
+                    tracing::warn!(
+                        provider = %self.answered.provider_id,
+                        model = %self.answered.model,
+                        error_kind = error.kind(),
+                        "stream failed after content was sent"
+                    );
+                    let event =
+                        stream_error(&error, &self.answered.provider_id, &self.answered.model)
+                            .stream_event();
+                    self.finish("stream_error");
+                    return Some(event);
+                }
+                None => {
+                    self.finish("200");
+                    return Some(sse::DONE.to_owned());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `POST /v1/embeddings`: one failover run; the response's `model` names the client-facing model that answered.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use switchyard_core::{EmbeddingsRequest, RequestType};
+use tracing::Instrument;
+
+use super::{
+    Answered, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    success_headers, with_request_id,
+};
+use crate::app::AppState;
+use crate::error::{ApiError, Shape};
+
+/// The handler.
+pub async fn handle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let meta = RequestMeta::from_headers(&headers);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %meta.request_id,
+        endpoint = "embeddings",
+        model = tracing::field::Empty,
+    );
+    let response = run(state, &meta, body).instrument(span).await;
+    with_request_id(response, &meta)
+}
+
+async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut recorder = Recorder::start(&state, "embeddings", meta);
+    let bytes = match read_body(body, state.server.max_body_bytes, Shape::OpenAi) {
+        Ok(bytes) => bytes,
+        Err(error) => return fail(recorder, error),
+    };
+    if state.server.log_bodies {
+        tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
+    }
+    let request: EmbeddingsRequest = match parse_json(&bytes) {
+        Ok(request) => request,
+        Err(error) => return fail(recorder, error),
+    };
+    if request.model.trim().is_empty() {
+        return fail(
+            recorder,
+            ApiError::invalid_request("You must provide a model parameter.").with_param("model"),
+        );
+    }
+    tracing::Span::current().record("model", request.model.as_str());
+    recorder.set_model(&request.model);
+    let estimated = u32::try_from(request.input.to_string().len() / 4 + 1).unwrap_or(u32::MAX);
+    let options = options(
+        &request.model,
+        RequestType::Embeddings,
+        meta,
+        None,
+        estimated,
+        None,
+    );
+    let upstream = recorder.upstream();
+    let outcome = state
+        .manager
+        .execute_with_failover(options, |attempt| {
+            let mut request = request.clone();
+            request.model.clone_from(&attempt.upstream_model);
+            let timer = upstream.clone();
+            let span = attempt_span(&attempt);
+            async move {
+                let _timing = timer.span();
+                let pricing = attempt.deployment.pricing();
+                let response = attempt.provider.embeddings(request, &attempt.ctx).await?;
+                if let Some(usage) = &response.usage {
+                    attempt.report_usage(usage);
+                }
+                Ok((response, pricing))
+            }
+            .instrument(span)
+        })
+        .await;
+    match outcome {
+        Ok(result) => {
+            let ((mut body, pricing), answered) = Answered::split(result);
+            body.model.clone_from(&answered.model);
+            recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+            if let Some(usage) = &body.usage {
+                recorder.usage(usage);
+            }
+            let mut response = Json(body).into_response();
+            success_headers(&mut response, &answered);
+            recorder.finish("200");
+            response
+        }
+        Err(error) => fail(recorder, ApiError::from_manager(&error, &state.redactor)),
+    }
+}

@@ -1,0 +1,658 @@
+//! `POST /v1/messages`: Anthropic Messages in; native to Anthropic deployments, translated to and from the OpenAI shape otherwise.
+//!
+//! Per attempt, the deployment decides the path: an adapter that speaks
+//! Messages natively (`capabilities().anthropic_native`) gets the client's
+//! body with only `model` rewritten, so `cache_control`, thinking and
+//! citations survive, and its JSON or events come back untouched except
+//! `model`; any other adapter gets the request translated to a chat request
+//! (`switchyard_providers::anthropic_request_to_chat`) and its answer
+//! translated back. A request using Anthropic-only features (or one that
+//! does not translate) routes only to native deployments.
+//!
+//! Streams run through `execute_with_failover` with an `op` that opens the
+//! stream and reads up to the first content event before returning, so
+//! failures before content fail over invisibly and headers are committed
+//! only then. Errors use the Anthropic shape, also in-band (`event: error`,
+//! and never a `message_stop` after it).
+
+use std::collections::VecDeque;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::Value;
+use switchyard_core::stream::TimedStream;
+use switchyard_core::{
+    ChatChunk, ChatRequest, ChatResponse, ChatStream, ManagerError, ProviderError, RawEvent,
+    RawEventStream, RequestType, Usage,
+};
+use switchyard_providers::{
+    ChunksToAnthropic, TranslationError, anthropic_request_to_chat, chat_response_to_anthropic,
+    uses_anthropic_only_features,
+};
+use tracing::Instrument;
+
+use super::{
+    Answered, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    stream_error, success_headers, with_request_id,
+};
+use crate::app::AppState;
+use crate::error::{ApiError, Shape};
+use crate::sse;
+
+/// The handler.
+pub async fn handle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let meta = RequestMeta::from_headers(&headers);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %meta.request_id,
+        endpoint = "messages",
+        model = tracing::field::Empty,
+        stream = tracing::field::Empty,
+        native_only = tracing::field::Empty,
+    );
+    let response = run(state, &meta, body).instrument(span).await;
+    with_request_id(response, &meta)
+}
+
+/// A validated request, in both shapes.
+struct Prepared {
+    body: Value,
+    stream: bool,
+    /// The translation for non-native deployments (`Err` when it does not translate).
+    chat: Result<ChatRequest, TranslationError>,
+    native_only: bool,
+}
+
+fn validate(body: &Value) -> Result<(String, bool), ApiError> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid_request("The request body must be a JSON object."))?;
+    let model = match object.get("model") {
+        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::invalid_request("model: field required").with_param("model"));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_request("model: must be a string").with_param("model"));
+        }
+    };
+    match object.get("messages") {
+        Some(Value::Array(_)) => {}
+        None => {
+            return Err(
+                ApiError::invalid_request("messages: field required").with_param("messages")
+            );
+        }
+        Some(_) => {
+            return Err(
+                ApiError::invalid_request("messages: must be an array").with_param("messages")
+            );
+        }
+    }
+    match object.get("max_tokens") {
+        Some(value) if value.as_u64().is_some_and(|n| n >= 1) => {}
+        None => {
+            return Err(
+                ApiError::invalid_request("max_tokens: field required").with_param("max_tokens")
+            );
+        }
+        Some(_) => {
+            return Err(
+                ApiError::invalid_request("max_tokens: must be a positive integer")
+                    .with_param("max_tokens"),
+            );
+        }
+    }
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(_) => {
+            return Err(ApiError::invalid_request("stream: must be a boolean").with_param("stream"));
+        }
+    };
+    Ok((model, stream))
+}
+
+async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut recorder = Recorder::start(&state, "messages", meta);
+    let bytes = match read_body(body, state.server.max_body_bytes, Shape::Anthropic) {
+        Ok(bytes) => bytes,
+        Err(error) => return fail(recorder, error),
+    };
+    if state.server.log_bodies {
+        tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
+    }
+    let body: Value = match parse_json(&bytes) {
+        Ok(body) => body,
+        Err(error) => return fail(recorder, error.anthropic()),
+    };
+    let (model, stream) = match validate(&body) {
+        Ok(valid) => valid,
+        Err(error) => return fail(recorder, error.anthropic()),
+    };
+    let chat = anthropic_request_to_chat(&body);
+    let native_only = uses_anthropic_only_features(&body) || chat.is_err();
+    let span = tracing::Span::current();
+    span.record("model", model.as_str());
+    span.record("stream", stream);
+    span.record("native_only", native_only);
+    recorder.set_model(&model);
+    let estimated = chat.as_ref().map_or_else(
+        |_| u32::try_from(bytes.len() / 4 + 1).unwrap_or(u32::MAX),
+        ChatRequest::estimated_prompt_tokens,
+    );
+    let max_tokens = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok());
+    let mut options = options(&model, RequestType::Chat, meta, None, estimated, max_tokens);
+    options.require_anthropic_native = native_only;
+    let prepared = Prepared {
+        body,
+        stream,
+        chat,
+        native_only,
+    };
+    if prepared.stream {
+        stream_messages(state, prepared, options, recorder).await
+    } else {
+        unary(state, prepared, options, recorder).await
+    }
+}
+
+/// The error for a failed run, in the Anthropic shape. A native-only
+/// request whose model is served, but by no native deployment, is a 400.
+fn error_for(state: &AppState, prepared: &Prepared, error: &ManagerError) -> ApiError {
+    if let ManagerError::UnknownModel { model, .. } = error {
+        let served = state.manager.has_wildcard() || state.manager.models().contains(model);
+        if prepared.native_only && served {
+            let why = match &prepared.chat {
+                Err(translation) => {
+                    format!("it cannot be translated for other providers ({translation})")
+                }
+                Ok(_) => {
+                    "it uses Anthropic-only features (such as cache_control, thinking or citations)"
+                        .to_owned()
+                }
+            };
+            return ApiError::invalid_request(format!(
+                "No Anthropic deployment serves model `{model}`, and this request can only go to one: {why}."
+            ))
+            .anthropic();
+        }
+    }
+    ApiError::from_manager(error, &state.redactor).anthropic()
+}
+
+/// What one attempt sends.
+enum Outgoing {
+    Native(Value),
+    Chat(Box<ChatRequest>),
+    Untranslatable(TranslationError),
+}
+
+fn outgoing(prepared: &Prepared, native: bool, upstream_model: &str, stream: bool) -> Outgoing {
+    if native {
+        let mut body = prepared.body.clone();
+        if let Some(object) = body.as_object_mut() {
+            object.insert("model".into(), Value::String(upstream_model.to_owned()));
+        }
+        return Outgoing::Native(body);
+    }
+    match &prepared.chat {
+        Ok(request) => {
+            let mut request = request.clone();
+            upstream_model.clone_into(&mut request.model);
+            request.stream = stream;
+            if stream {
+                request
+                    .stream_options
+                    .get_or_insert_with(Default::default)
+                    .include_usage = true;
+            }
+            Outgoing::Chat(Box::new(request))
+        }
+        Err(error) => Outgoing::Untranslatable(error.clone()),
+    }
+}
+
+enum Reply {
+    Native(Value),
+    Chat(ChatResponse),
+}
+
+async fn unary(
+    state: AppState,
+    prepared: Prepared,
+    options: switchyard_core::FailoverOptions,
+    mut recorder: Recorder,
+) -> Response {
+    let upstream = recorder.upstream();
+    let outcome = state
+        .manager
+        .execute_with_failover(options, |attempt| {
+            let native = attempt.provider.capabilities().anthropic_native;
+            let outgoing = outgoing(&prepared, native, &attempt.upstream_model, false);
+            let timer = upstream.clone();
+            let span = attempt_span(&attempt);
+            async move {
+                let _timing = timer.span();
+                let pricing = attempt.deployment.pricing();
+                let reply = match outgoing {
+                    Outgoing::Native(body) => {
+                        let reply = attempt.provider.messages(body, &attempt.ctx).await?;
+                        if let Some(usage) = anthropic_usage(reply.get("usage")) {
+                            attempt.report_usage(&usage);
+                        }
+                        Reply::Native(reply)
+                    }
+                    Outgoing::Chat(request) => {
+                        let reply = attempt.provider.chat(*request, &attempt.ctx).await?;
+                        if let Some(usage) = &reply.usage {
+                            attempt.report_usage(usage);
+                        }
+                        Reply::Chat(reply)
+                    }
+                    Outgoing::Untranslatable(error) => return Err(error.into_provider_error()),
+                };
+                Ok((reply, pricing))
+            }
+            .instrument(span)
+        })
+        .await;
+    let ((reply, pricing), answered) = match outcome {
+        Ok(result) => Answered::split(result),
+        Err(error) => {
+            let api = error_for(&state, &prepared, &error);
+            return fail(recorder, api);
+        }
+    };
+    recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+    let mut body = match reply {
+        Reply::Native(body) => body,
+        Reply::Chat(response) => chat_response_to_anthropic(&response),
+    };
+    if let Some(usage) = anthropic_usage(body.get("usage")) {
+        recorder.usage(&usage);
+    }
+    if let Some(object) = body.as_object_mut() {
+        object.insert("model".into(), Value::String(answered.model.clone()));
+    }
+    let mut response = Json(body).into_response();
+    success_headers(&mut response, &answered);
+    recorder.finish("200");
+    response
+}
+
+/// Anthropic usage (`input_tokens`, `output_tokens`, cache tokens counted as input).
+fn anthropic_usage(usage: Option<&Value>) -> Option<Usage> {
+    let usage = usage?;
+    let get = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let input =
+        get("input_tokens") + get("cache_creation_input_tokens") + get("cache_read_input_tokens");
+    Some(Usage::new(input, get("output_tokens")))
+}
+
+/// A stream opened up to its first content.
+enum Opened {
+    Native {
+        prefix: VecDeque<RawEvent>,
+        rest: Option<RawEventStream>,
+    },
+    Translated {
+        prefix: VecDeque<ChatChunk>,
+        rest: Option<ChatStream>,
+    },
+}
+
+fn event_name(event: &RawEvent) -> String {
+    event.event.clone().unwrap_or_else(|| {
+        serde_json::from_str::<Value>(&event.data)
+            .ok()
+            .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    })
+}
+
+/// Whether a native event is content (or completion): past it, a failure
+/// can no longer fail over invisibly.
+fn is_content_event(event: &RawEvent) -> bool {
+    matches!(
+        event_name(event).as_str(),
+        "content_block_delta" | "message_delta" | "message_stop"
+    )
+}
+
+async fn open_native(
+    provider: &dyn switchyard_core::Provider,
+    body: Value,
+    ctx: &switchyard_core::CallContext,
+) -> Result<Opened, ProviderError> {
+    let mut stream = provider.messages_stream(body, ctx).await?;
+    let mut prefix = VecDeque::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(event)) => {
+                let started = is_content_event(&event);
+                prefix.push_back(event);
+                if started {
+                    return Ok(Opened::Native {
+                        prefix,
+                        rest: Some(stream),
+                    });
+                }
+            }
+            Some(Err(error)) => return Err(error),
+            None => return Ok(Opened::Native { prefix, rest: None }),
+        }
+    }
+}
+
+async fn open_translated(
+    provider: &dyn switchyard_core::Provider,
+    request: ChatRequest,
+    ctx: &switchyard_core::CallContext,
+) -> Result<Opened, ProviderError> {
+    let stream = provider.chat_stream(request, ctx).await?;
+    let mut stream = TimedStream::boxed(stream, ctx);
+    let mut prefix = VecDeque::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let started = chunk.has_content() || chunk.finish_reason().is_some();
+                prefix.push_back(chunk);
+                if started {
+                    return Ok(Opened::Translated {
+                        prefix,
+                        rest: Some(stream),
+                    });
+                }
+            }
+            Some(Err(error)) => return Err(error),
+            None => return Ok(Opened::Translated { prefix, rest: None }),
+        }
+    }
+}
+
+async fn stream_messages(
+    state: AppState,
+    prepared: Prepared,
+    options: switchyard_core::FailoverOptions,
+    mut recorder: Recorder,
+) -> Response {
+    let upstream = recorder.upstream();
+    let outcome = state
+        .manager
+        .execute_with_failover(options, |attempt| {
+            let native = attempt.provider.capabilities().anthropic_native;
+            let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
+            let timer = upstream.clone();
+            let span = attempt_span(&attempt);
+            async move {
+                let _timing = timer.span();
+                let pricing = attempt.deployment.pricing();
+                let settle = attempt.clone();
+                let opened = match outgoing {
+                    Outgoing::Native(body) => {
+                        open_native(attempt.provider.as_ref(), body, &attempt.ctx).await?
+                    }
+                    Outgoing::Chat(request) => {
+                        open_translated(attempt.provider.as_ref(), *request, &attempt.ctx).await?
+                    }
+                    Outgoing::Untranslatable(error) => return Err(error.into_provider_error()),
+                };
+                Ok((opened, pricing, settle))
+            }
+            .instrument(span)
+        })
+        .await;
+    let ((opened, pricing, settle), answered) = match outcome {
+        Ok(result) => Answered::split(result),
+        Err(error) => {
+            let api = error_for(&state, &prepared, &error);
+            return fail(recorder, api);
+        }
+    };
+    recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+    recorder.first_token();
+    let source = match opened {
+        Opened::Native { prefix, rest } => Source::Native { prefix, rest },
+        Opened::Translated { prefix, rest } => Source::Translated {
+            prefix,
+            rest,
+            translator: ChunksToAnthropic::new(answered.model.clone()),
+        },
+    };
+    let events = MessageEvents {
+        source,
+        answered: answered.clone(),
+        recorder: Some(recorder),
+        usage: Usage::default(),
+        settle: Some(settle),
+        finished: false,
+    };
+    let mut response = sse::response(events.into_stream());
+    success_headers(&mut response, &answered);
+    response
+}
+
+enum Source {
+    Native {
+        prefix: VecDeque<RawEvent>,
+        rest: Option<RawEventStream>,
+    },
+    Translated {
+        prefix: VecDeque<ChatChunk>,
+        rest: Option<ChatStream>,
+        translator: ChunksToAnthropic,
+    },
+}
+
+/// The SSE events of one `/v1/messages` stream.
+struct MessageEvents {
+    source: Source,
+    answered: Answered,
+    /// Dropped with the stream when the client goes away: recorded `cancelled`.
+    recorder: Option<Recorder>,
+    usage: Usage,
+    /// The answering attempt, to settle its TPM reservation with real usage.
+    settle: Option<switchyard_core::Attempt>,
+    finished: bool,
+}
+
+impl MessageEvents {
+    fn into_stream(self) -> impl futures_core::Stream<Item = String> + Send + 'static {
+        futures_util::stream::unfold(self, |mut events| async move {
+            let next = events.next_text().await?;
+            Some((next, events))
+        })
+    }
+
+    fn finish(&mut self, status: &str) {
+        self.finished = true;
+        if let Some(attempt) = self.settle.take() {
+            self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens;
+            attempt.report_usage(&self.usage);
+        }
+        if let Some(mut recorder) = self.recorder.take() {
+            recorder.usage(&self.usage);
+            recorder.finish(status);
+        }
+    }
+
+    fn failed(&mut self, error: &ProviderError) -> String {
+        // Stream resumption (SPEC §5) plugs in here; until then an explicit
+        // error event ends the stream, with no message_stop after it.
+        tracing::warn!(
+            provider = %self.answered.provider_id,
+            model = %self.answered.model,
+            error_kind = error.kind(),
+            "stream failed after content was sent"
+        );
+        let text = stream_error(error, &self.answered.provider_id, &self.answered.model)
+            .anthropic()
+            .stream_event();
+        self.finish("stream_error");
+        text
+    }
+
+    async fn next_text(&mut self) -> Option<String> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            match &mut self.source {
+                Source::Native { prefix, rest } => {
+                    let item = match prefix.pop_front() {
+                        Some(event) => Some(Ok(event)),
+                        None => match rest {
+                            Some(rest) => rest.next().await,
+                            None => None,
+                        },
+                    };
+                    match item {
+                        Some(Ok(event)) => return Some(self.native_event(event)),
+                        Some(Err(error)) => return Some(self.failed(&error)),
+                        None => {
+                            self.finish("200");
+                            return None;
+                        }
+                    }
+                }
+                Source::Translated {
+                    prefix,
+                    rest,
+                    translator,
+                } => {
+                    let item = match prefix.pop_front() {
+                        Some(chunk) => Some(Ok(chunk)),
+                        None => match rest {
+                            Some(rest) => rest.next().await,
+                            None => None,
+                        },
+                    };
+                    match item {
+                        Some(Ok(chunk)) => {
+                            if let Some(usage) = &chunk.usage {
+                                self.usage = usage.clone();
+                            }
+                            let text = frame(translator.on_chunk(&chunk));
+                            if text.is_empty() {
+                                continue;
+                            }
+                            return Some(text);
+                        }
+                        Some(Err(error)) => return Some(self.failed(&error)),
+                        None => {
+                            let text = frame(translator.finish());
+                            self.finish("200");
+                            return Some(text);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A native event, forwarded untouched except `message_start`'s model.
+    fn native_event(&mut self, event: RawEvent) -> String {
+        let name = event_name(&event);
+        if name == "message_start" || name == "message_delta" {
+            if let Ok(mut data) = serde_json::from_str::<Value>(&event.data) {
+                if name == "message_start" {
+                    if let Some(usage) = anthropic_usage(data.pointer("/message/usage")) {
+                        self.usage.prompt_tokens = usage.prompt_tokens;
+                    }
+                    if let Some(message) = data.get_mut("message").and_then(Value::as_object_mut) {
+                        message.insert("model".into(), Value::String(self.answered.model.clone()));
+                    }
+                    return sse::event(event.event.as_deref(), &data.to_string());
+                }
+                if let Some(output) = data.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    self.usage.completion_tokens = output;
+                }
+                if let Some(input) = anthropic_usage(data.get("usage")).map(|u| u.prompt_tokens) {
+                    if input > 0 {
+                        self.usage.prompt_tokens = input;
+                    }
+                }
+            }
+        }
+        sse::event(event.event.as_deref(), &event.data)
+    }
+}
+
+fn frame(events: Vec<RawEvent>) -> String {
+    events
+        .iter()
+        .map(|e| sse::event(e.event.as_deref(), &e.data))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = json!({"model": "m", "max_tokens": 5, "messages": [], "stream": true});
+        assert_eq!(validate(&ok).unwrap(), ("m".to_owned(), true));
+        for (body, param) in [
+            (json!({"max_tokens": 5, "messages": []}), "model"),
+            (json!({"model": "m", "max_tokens": 5}), "messages"),
+            (json!({"model": "m", "messages": []}), "max_tokens"),
+            (
+                json!({"model": "m", "max_tokens": "x", "messages": []}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": [], "stream": "yes"}),
+                "stream",
+            ),
+        ] {
+            assert_eq!(
+                validate(&body).unwrap_err().param.as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_counts_cache_tokens_as_input() {
+        let usage = anthropic_usage(Some(&json!({
+            "input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 10
+        })))
+        .unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (13, 4));
+    }
+
+    #[test]
+    fn content_events() {
+        let event = |name: &str| RawEvent {
+            event: Some(name.to_owned()),
+            data: "{}".to_owned(),
+        };
+        assert!(!is_content_event(&event("message_start")));
+        assert!(!is_content_event(&event("ping")));
+        assert!(is_content_event(&event("content_block_delta")));
+        let unnamed = RawEvent {
+            event: None,
+            data: r#"{"type":"content_block_delta"}"#.to_owned(),
+        };
+        assert!(is_content_event(&unnamed));
+    }
+}

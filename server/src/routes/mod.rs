@@ -1,0 +1,498 @@
+//! The HTTP handlers (SPEC §11) and what they share: request ids, body parsing, failover options, response headers and per-request metrics.
+//!
+//! Handlers only translate between HTTP and the manager: routing,
+//! failover and health live in `switchyard-core`. Each data-plane request:
+//! 1. reads its body (413 over `max_body_bytes`) and parses it into core's
+//!    types (400 naming the field on a wrong or missing one);
+//! 2. builds [`FailoverOptions`] from the request ([`options`]);
+//! 3. runs the manager's failover with an `op` that sends the attempt's
+//!    `upstream_model` to the attempt's provider;
+//! 4. answers with the client-facing model that answered and the
+//!    `x-switchyard-*` headers ([`success_headers`]), recording metrics
+//!    through a [`Recorder`] that counts a dropped request as `cancelled`.
+
+pub mod admin;
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+pub mod health;
+pub mod messages;
+pub mod metrics;
+pub mod models;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use switchyard_core::{
+    Attempt, FailoverOptions, FailoverResult, Pricing, ProviderError, RequestType, Usage,
+};
+
+use crate::app::AppState;
+use crate::error::{ApiError, Shape};
+use crate::telemetry::{self, Labels};
+
+/// Header carrying the client's region preference (SPEC §4.1).
+pub const REGION_HEADER: &str = "x-switchyard-region";
+
+/// Identifiers of one request, from its headers.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    /// The client's `x-request-id` (if sane), else a generated one.
+    pub request_id: String,
+    /// The client's `traceparent`, forwarded upstream.
+    pub traceparent: Option<String>,
+    /// `x-switchyard-region`.
+    pub region: Option<String>,
+}
+
+impl RequestMeta {
+    /// Reads the ids from `headers`, generating a request id when absent.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| {
+                    !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .map(str::to_owned)
+        };
+        Self {
+            request_id: text("x-request-id").unwrap_or_else(new_request_id),
+            traceparent: text("traceparent"),
+            region: text(REGION_HEADER),
+        }
+    }
+}
+
+/// A fresh request id: `req_` and 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("req_{:032x}", rand::random::<u128>())
+}
+
+/// The body bytes, or 413 / 400 in `shape`.
+pub fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    shape: Shape,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit).with_shape(shape)
+        } else {
+            ApiError::invalid_request(format!(
+                "Could not read the request body: {}",
+                rejection.body_text()
+            ))
+            .with_shape(shape)
+        }
+    })
+}
+
+/// Parses a JSON body into `T`: malformed JSON and wrong or missing fields
+/// are 400s whose message (and `param`) name the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        json_error(&inner, &path)
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| json_error(&error, "."))?;
+    Ok(value)
+}
+
+fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
+    use serde_json::error::Category;
+    match error.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {error}"
+        ))
+        .with_code("invalid_json"),
+        Category::Data => {
+            let message = strip_position(&error.to_string());
+            let mut api = if path == "." || path.is_empty() {
+                ApiError::invalid_request(format!("Invalid request: {message}"))
+            } else {
+                ApiError::invalid_request(format!("Invalid request at `{path}`: {message}"))
+                    .with_param(path)
+            };
+            if let Some(field) = missing_field(&message) {
+                let param = if path == "." || path.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{path}.{field}")
+                };
+                api.param = Some(param);
+            }
+            api
+        }
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+/// Failover options for a request.
+pub fn options(
+    model: &str,
+    request_type: RequestType,
+    meta: &RequestMeta,
+    body_region: Option<&str>,
+    estimated_input_tokens: u32,
+    max_output_tokens: Option<u32>,
+) -> FailoverOptions {
+    let mut options = FailoverOptions::new(model, request_type);
+    options.region = meta
+        .region
+        .clone()
+        .or_else(|| body_region.map(str::to_owned));
+    options.estimated_input_tokens = estimated_input_tokens;
+    options.max_output_tokens = max_output_tokens;
+    options.request_id = Some(meta.request_id.clone());
+    options.traceparent = meta.traceparent.clone();
+    options
+}
+
+/// The tracing span of one attempt, with structured fields.
+pub fn attempt_span(attempt: &Attempt) -> tracing::Span {
+    tracing::info_span!(
+        "attempt",
+        provider = %attempt.provider_id,
+        model = %attempt.model,
+        upstream_model = %attempt.upstream_model,
+        attempt = attempt.attempt_no,
+        fallback = attempt.is_fallback,
+    )
+}
+
+/// The error sent in-band when a stream fails after content was sent: it
+/// names the deployment and the error kind, never the upstream's body.
+pub fn stream_error(error: &ProviderError, provider: &str, model: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        format!(
+            "The stream from {provider}/{model} failed after it had started ({}); the response is incomplete.",
+            error.kind()
+        ),
+    )
+    .with_code(error.kind())
+}
+
+/// Adds `x-request-id` to any response.
+pub fn with_request_id(mut response: Response, meta: &RequestMeta) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&meta.request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    response
+}
+
+/// Who answered a request: for the `x-switchyard-*` headers and metrics.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    /// Provider id.
+    pub provider_id: String,
+    /// Client-facing model that answered (may be a fallback).
+    pub model: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+impl Answered {
+    /// Splits a failover result into its value and who answered.
+    pub fn split<T>(result: FailoverResult<T>) -> (T, Self) {
+        let FailoverResult {
+            result,
+            provider_id,
+            model,
+            attempts,
+            ..
+        } = result;
+        (
+            result,
+            Self {
+                provider_id,
+                model,
+                attempts,
+            },
+        )
+    }
+}
+
+/// `x-switchyard-provider`, `-model` and `-attempts` of a success.
+pub fn success_headers(response: &mut Response, answered: &Answered) {
+    let headers = response.headers_mut();
+    let pairs = [
+        ("x-switchyard-provider", answered.provider_id.clone()),
+        ("x-switchyard-model", answered.model.clone()),
+        ("x-switchyard-attempts", answered.attempts.to_string()),
+    ];
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// Time spent inside upstream calls during one request (for the overhead metric).
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamTimer(Arc<AtomicU64>);
+
+impl UpstreamTimer {
+    /// Adds `took`.
+    pub fn add(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Starts timing one call; the time is added when the span drops
+    /// (so a call cut short by a timeout still counts).
+    pub fn span(&self) -> UpstreamSpan {
+        UpstreamSpan {
+            timer: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Total so far.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// One timed upstream call; adds its duration on drop.
+#[derive(Debug)]
+pub struct UpstreamSpan {
+    timer: UpstreamTimer,
+    started: Instant,
+}
+
+impl Drop for UpstreamSpan {
+    fn drop(&mut self) {
+        self.timer.add(self.started.elapsed());
+    }
+}
+
+/// Records one request's metrics exactly once: when finished, or as
+/// `cancelled` when dropped unfinished (the client went away).
+#[derive(Debug)]
+pub struct Recorder {
+    configured: Arc<Vec<String>>,
+    model: String,
+    provider: String,
+    started: Instant,
+    upstream: UpstreamTimer,
+    first_token: Option<Duration>,
+    usage: Option<Usage>,
+    pricing: Pricing,
+    endpoint: &'static str,
+    request_id: String,
+    done: bool,
+    enabled: bool,
+}
+
+impl Recorder {
+    /// Starts recording a request to `endpoint`.
+    pub fn start(state: &AppState, endpoint: &'static str, meta: &RequestMeta) -> Self {
+        Self {
+            configured: Arc::new(state.manager.models()),
+            model: "other".to_owned(),
+            provider: "none".to_owned(),
+            started: Instant::now(),
+            upstream: UpstreamTimer::default(),
+            first_token: None,
+            usage: None,
+            pricing: Pricing::default(),
+            endpoint,
+            request_id: meta.request_id.clone(),
+            done: false,
+            enabled: state.manager.options().enable_metrics,
+        }
+    }
+
+    /// The timer upstream calls add to.
+    pub fn upstream(&self) -> UpstreamTimer {
+        self.upstream.clone()
+    }
+
+    /// The requested (later: answering) model, as a bounded label.
+    pub fn set_model(&mut self, model: &str) {
+        self.model = Labels::model(model, &self.configured);
+    }
+
+    /// The provider and model that answered.
+    pub fn answered_by(&mut self, provider: &str, model: &str, pricing: Pricing) {
+        provider.clone_into(&mut self.provider);
+        self.set_model(model);
+        self.pricing = pricing;
+    }
+
+    /// The first streamed content was sent now.
+    pub fn first_token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.started.elapsed());
+        }
+    }
+
+    /// Token usage of the answer (the last one reported wins).
+    pub fn usage(&mut self, usage: &Usage) {
+        self.usage = Some(usage.clone());
+    }
+
+    /// Records the request with `status` (an HTTP status or `stream_error`).
+    pub fn finish(mut self, status: &str) {
+        self.record(status);
+    }
+
+    fn record(&mut self, status: &str) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let total = self.started.elapsed();
+        tracing::info!(
+            request_id = %self.request_id,
+            endpoint = self.endpoint,
+            model = %self.model,
+            provider = %self.provider,
+            status,
+            duration_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX),
+            "request finished"
+        );
+        if !self.enabled {
+            return;
+        }
+        ::metrics::counter!(telemetry::REQUESTS_TOTAL,
+            "model" => self.model.clone(), "provider" => self.provider.clone(), "status" => status.to_owned())
+        .increment(1);
+        ::metrics::histogram!(telemetry::REQUEST_DURATION).record(total.as_secs_f64());
+        // Overhead: time to first content for streams (the rest is the
+        // upstream generating), else the whole request, minus upstream time.
+        let measured = self.first_token.unwrap_or(total);
+        let overhead = measured.saturating_sub(self.upstream.total());
+        ::metrics::histogram!(telemetry::OVERHEAD).record(overhead.as_secs_f64());
+        if let Some(first) = self.first_token {
+            ::metrics::histogram!(telemetry::TIME_TO_FIRST_TOKEN).record(first.as_secs_f64());
+        }
+        if let Some(usage) = &self.usage {
+            for (kind, tokens) in [
+                ("prompt", usage.prompt_tokens),
+                ("completion", usage.completion_tokens),
+            ] {
+                ::metrics::counter!(telemetry::TOKENS_TOTAL,
+                    "provider" => self.provider.clone(), "model" => self.model.clone(), "kind" => kind)
+                .increment(tokens);
+            }
+            let cost = self
+                .pricing
+                .cost(usage.prompt_tokens, usage.completion_tokens);
+            if cost > 0.0 {
+                // The exporter's counters are integers: cost is kept in a
+                // float gauge that only ever grows.
+                ::metrics::gauge!(telemetry::COST_TOTAL,
+                    "provider" => self.provider.clone(), "model" => self.model.clone())
+                .increment(cost);
+            }
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("cancelled");
+        }
+    }
+}
+
+/// An error response, recorded.
+pub fn fail(recorder: Recorder, error: ApiError) -> Response {
+    recorder.finish(error.status.as_str());
+    error.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use switchyard_core::ChatRequest;
+
+    use super::*;
+
+    #[test]
+    fn malformed_json_is_a_400_invalid_json() {
+        let err = parse_json::<ChatRequest>(b"{\"model\": ").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.code.as_deref(), Some("invalid_json"));
+        let err = parse_json::<ChatRequest>(br#"{"model": "m", "messages": []} x"#).unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("invalid_json"));
+    }
+
+    #[test]
+    fn missing_and_wrong_fields_are_named() {
+        let err = parse_json::<ChatRequest>(br#"{"model": "m"}"#).unwrap_err();
+        assert!(
+            err.message.contains("missing field `messages`"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        let err =
+            parse_json::<ChatRequest>(br#"{"model": "m", "messages": [], "max_tokens": "lots"}"#)
+                .unwrap_err();
+        assert!(err.message.contains("max_tokens"), "{}", err.message);
+        assert_eq!(err.param.as_deref(), Some("max_tokens"));
+        let err = parse_json::<ChatRequest>(br#"{"model": 5, "messages": []}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("model"));
+    }
+
+    #[test]
+    fn request_ids_are_echoed_or_generated() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        headers.insert("traceparent", HeaderValue::from_static("00-aa-bb-01"));
+        headers.insert(REGION_HEADER, HeaderValue::from_static("eu"));
+        let meta = RequestMeta::from_headers(&headers);
+        assert_eq!(meta.request_id, "abc-123");
+        assert_eq!(meta.traceparent.as_deref(), Some("00-aa-bb-01"));
+        assert_eq!(meta.region.as_deref(), Some("eu"));
+        let generated = RequestMeta::from_headers(&HeaderMap::new()).request_id;
+        assert!(
+            generated.starts_with("req_") && generated.len() == 36,
+            "{generated}"
+        );
+    }
+
+    #[test]
+    fn upstream_spans_add_on_drop() {
+        let timer = UpstreamTimer::default();
+        drop(timer.span());
+        std::thread::sleep(Duration::from_millis(2));
+        {
+            let _span = timer.span();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(timer.total() >= Duration::from_millis(5));
+    }
+}

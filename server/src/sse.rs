@@ -1,0 +1,114 @@
+//! Server-sent events out: the response headers of a stream, and the upstream-time probe on a stream's first item.
+//!
+//! Handlers turn a stream of already-framed SSE text (`data: ...\n\n`,
+//! `event: ...\ndata: ...\n\n`) into a response with [`response`]. Headers
+//! are committed only when the handler builds the response, which it does
+//! after the manager returned the first content (SPEC §5).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_core::Stream;
+use futures_util::StreamExt;
+
+use crate::routes::UpstreamSpan;
+
+/// A `200 text/event-stream` response over `events`.
+pub fn response<S>(events: S) -> Response
+where
+    S: Stream<Item = String> + Send + 'static,
+{
+    let body = Body::from_stream(events.map(|text| Ok::<Bytes, Infallible>(Bytes::from(text))));
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// `data: <json>\n\n`.
+pub fn data(json: &str) -> String {
+    format!("data: {json}\n\n")
+}
+
+/// `event: <name>\ndata: <json>\n\n` (`data:` alone when there is no name).
+pub fn event(name: Option<&str>, data: &str) -> String {
+    let mut out = String::with_capacity(data.len() + 32);
+    if let Some(name) = name {
+        out.push_str("event: ");
+        out.push_str(name);
+        out.push('\n');
+    }
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// The OpenAI stream terminator.
+pub const DONE: &str = "data: [DONE]\n\n";
+
+/// Wraps a stream so that the time until its first item counts as upstream
+/// time (the span is dropped, adding its duration, at the first item).
+pub struct UntilFirstItem<S> {
+    inner: S,
+    span: Option<UpstreamSpan>,
+}
+
+impl<S> UntilFirstItem<S> {
+    /// Times `inner` until its first item with `span`.
+    pub fn new(inner: S, span: UpstreamSpan) -> Self {
+        Self {
+            inner,
+            span: Some(span),
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for UntilFirstItem<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.poll_next_unpin(cx);
+        if polled.is_ready() {
+            self.span = None;
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn framing() {
+        assert_eq!(data("{}"), "data: {}\n\n");
+        assert_eq!(event(Some("ping"), "{}"), "event: ping\ndata: {}\n\n");
+        assert_eq!(event(None, "a\nb"), "data: a\ndata: b\n\n");
+    }
+
+    #[tokio::test]
+    async fn headers_are_those_of_an_event_stream() {
+        let response = response(futures_util::stream::iter(vec![data("{}")]));
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-cache");
+    }
+}

@@ -1,0 +1,300 @@
+//! Logs and metrics: the tracing subscriber, the Prometheus recorder behind `/metrics`, and the metric names of SPEC §12.
+//!
+//! - [`init_tracing`]: `RUST_LOG` (default `info`) to stderr; called by the
+//!   binary, not by the library (embedders and tests bring their own).
+//! - [`prometheus`]: installs the Prometheus recorder once per process and
+//!   returns its handle; `/metrics` serves [`PrometheusHandle::render`].
+//! - [`register`]: describes every metric and registers the label-less ones
+//!   (counters at 0), plus one zero series per configured deployment for the
+//!   labelled ones, so every name appears before any traffic.
+//! - [`update_process_metrics`]: process CPU seconds and resident memory,
+//!   read from `/proc/self` at every scrape (Linux; elsewhere nothing).
+//!
+//! Labels stay bounded: `model` is a configured model name or `other`
+//! ([`Labels::model`]), so a `"*"` provider never creates a series per
+//! client-chosen name.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchyard_core::ProviderConfig;
+
+/// Requests answered: `{model, provider, status}`.
+pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
+/// Whole request duration (to the last byte of a stream).
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+/// Time to the first content of a stream.
+pub const TIME_TO_FIRST_TOKEN: &str = "switchyard_time_to_first_token_seconds";
+/// Gateway time excluding upstream calls.
+pub const OVERHEAD: &str = "switchyard_overhead_seconds";
+/// Tokens: `{provider, model, kind}` with kind `prompt` or `completion`.
+pub const TOKENS_TOTAL: &str = "switchyard_tokens_total";
+/// Cost in USD from configured prices: `{provider, model}`.
+pub const COST_TOTAL: &str = "switchyard_cost_usd_total";
+/// Requests waiting in the gateway queue.
+pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+/// Time spent queued.
+pub const QUEUE_WAIT: &str = "switchyard_queue_wait_seconds";
+/// Process CPU time.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// Process resident memory.
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+
+/// Histogram buckets for every `*_seconds` metric.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    120.0,
+];
+
+/// Initialises logging to stderr: `RUST_LOG`, default `info`. Does nothing
+/// when a subscriber is already installed.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The process-wide Prometheus handle, installing the recorder on first
+/// use. `None` when another metrics recorder was installed first.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install the Prometheus recorder; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by model, provider and status."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Whole request duration, to the last byte."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Time from request to the first streamed content."
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "Time spent in the gateway, excluding upstream calls."
+    );
+    describe_counter!(
+        "switchyard_attempts_total",
+        "Attempts on deployments, by provider and outcome."
+    );
+    describe_counter!(
+        "switchyard_provider_switches_total",
+        "Switches from one deployment to another during failover."
+    );
+    describe_counter!(
+        "switchyard_panic_selections_total",
+        "Deployments picked in panic mode."
+    );
+    describe_counter!(
+        "switchyard_health_checks_total",
+        "Active health checks, by provider and result."
+    );
+    describe_gauge!(
+        "switchyard_provider_health",
+        "Provider health: 1 healthy, 0.5 degraded, 0 unhealthy."
+    );
+    describe_gauge!(
+        "switchyard_provider_inflight",
+        "Requests in flight per provider."
+    );
+    describe_gauge!("switchyard_provider_load", "Load per provider, 0 to 100.");
+    describe_histogram!(
+        "switchyard_recovery_seconds",
+        Unit::Seconds,
+        "Time from fault to recovery."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens, by provider, model and kind (prompt, completion)."
+    );
+    describe_gauge!(
+        COST_TOTAL,
+        "Cost in USD from configured prices, by provider and model (only grows)."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting for a free deployment.");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time requests waited in the queue."
+    );
+    describe_counter!(
+        "switchyard_stream_malformed_events_total",
+        "Malformed stream events skipped."
+    );
+    describe_gauge!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "User and system CPU time of the process."
+    );
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
+}
+
+/// Registers every metric so that each name appears before any traffic:
+/// label-less ones at zero, and one zero series per configured deployment
+/// for the labelled ones.
+pub fn register(providers: &[ProviderConfig]) {
+    for name in [
+        "switchyard_provider_switches_total",
+        "switchyard_panic_selections_total",
+        "switchyard_stream_malformed_events_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [
+        REQUEST_DURATION,
+        TIME_TO_FIRST_TOKEN,
+        OVERHEAD,
+        QUEUE_WAIT,
+        "switchyard_recovery_seconds",
+    ] {
+        // Registering the handle is enough for the series to be rendered.
+        let _ = metrics::histogram!(name);
+    }
+    metrics::gauge!(QUEUE_DEPTH).set(0.0);
+    for provider in providers {
+        let id = provider.id.clone();
+        metrics::counter!("switchyard_attempts_total", "provider" => id.clone(), "outcome" => "ok")
+            .increment(0);
+        metrics::counter!("switchyard_health_checks_total", "provider" => id.clone(), "result" => "success")
+            .increment(0);
+        for model in provider.models.keys() {
+            let model = if model == "*" {
+                "other".to_owned()
+            } else {
+                model.clone()
+            };
+            metrics::counter!(REQUESTS_TOTAL, "model" => model.clone(), "provider" => id.clone(), "status" => "200")
+                .increment(0);
+            for kind in ["prompt", "completion"] {
+                metrics::counter!(TOKENS_TOTAL, "provider" => id.clone(), "model" => model.clone(), "kind" => kind)
+                    .increment(0);
+            }
+            metrics::gauge!(COST_TOTAL, "provider" => id.clone(), "model" => model).increment(0.0);
+        }
+    }
+    update_process_metrics();
+}
+
+/// Updates process CPU and RSS from `/proc/self` (no-op where absent).
+pub fn update_process_metrics() {
+    if let Some(cpu) = process_cpu_seconds() {
+        // Fractional seconds: the `metrics` counters take integers, so this
+        // monotonic value is exported through a gauge.
+        metrics::gauge!(PROCESS_CPU).set(cpu);
+    }
+    if let Some(rss) = process_rss_bytes() {
+        metrics::gauge!(PROCESS_RSS).set(rss as f64);
+    }
+}
+
+/// Clock ticks per second of `/proc/self/stat` (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+/// utime + stime (fields 14 and 15) in seconds; the command name (field
+/// 2) may contain spaces, so fields are counted after its closing `)`.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss_bytes(&status)
+}
+
+fn parse_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bounded metric labels.
+#[derive(Debug)]
+pub struct Labels;
+
+impl Labels {
+    /// `model` as a label: itself when it is a configured name (in
+    /// `configured`, sorted), else `other`.
+    pub fn model(model: &str, configured: &[String]) -> String {
+        if configured
+            .binary_search_by(|m| m.as_str().cmp(model))
+            .is_ok()
+        {
+            model.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_are_read_after_the_command_name() {
+        let stat = "4242 (my (odd) cmd) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(4.0));
+        assert_eq!(parse_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn rss_is_read_in_bytes() {
+        let status = "Name:\tx\nVmRSS:\t    2048 kB\nThreads: 3\n";
+        assert_eq!(parse_rss_bytes(status), Some(2048 * 1024));
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let configured = vec!["a".to_owned(), "gpt-4o".to_owned()];
+        assert_eq!(Labels::model("gpt-4o", &configured), "gpt-4o");
+        assert_eq!(Labels::model("random-123", &configured), "other");
+    }
+
+    #[test]
+    fn process_metrics_read_on_linux() {
+        if std::path::Path::new("/proc/self/stat").exists() {
+            assert!(process_cpu_seconds().is_some());
+            assert!(process_rss_bytes().unwrap() > 0);
+        }
+    }
+}

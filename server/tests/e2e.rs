@@ -1,0 +1,1087 @@
+//! End-to-end tests: the real server on 127.0.0.1:0 in front of local fake upstreams, spoken to over HTTP.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const UPSTREAM_KEY: &str = "sk-upstream-secret-123456";
+const ANTHROPIC_KEY: &str = "sk-ant-upstream-secret-123456";
+
+/// A provider entry for an OpenAI-compatible upstream serving `models`
+/// (`client name => upstream name`).
+fn openai_provider(id: &str, base_url: &str, models: &[(&str, &str)], extra: &str) -> String {
+    let mut out = format!(
+        "[[providers]]\nid = \"{id}\"\ntype = \"openai_compatible\"\nbase_url = \"{base_url}\"\nhealth_check = \"none\"\n{extra}\n"
+    );
+    for (name, upstream) in models {
+        out.push_str(&format!(
+            "[providers.models.\"{name}\"]\nupstream_name = \"{upstream}\"\n"
+        ));
+    }
+    out
+}
+
+/// A provider entry serving any model name (`"*"`).
+fn wildcard_provider(id: &str, base_url: &str) -> String {
+    format!(
+        "[[providers]]\nid = \"{id}\"\ntype = \"openai_compatible\"\nbase_url = \"{base_url}\"\nhealth_check = \"none\"\n[providers.models.\"*\"]\n"
+    )
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_endpoint_answers() {
+    let up = openai_upstream("alpha").await;
+    let anth = anthropic_upstream("claude", ANTHROPIC_KEY).await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}\n[[providers]]\nid = \"anth\"\ntype = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"TEST_ANTHROPIC_KEY\"\nhealth_check = \"none\"\n[providers.models.\"claude-x\"]\nupstream_name = \"claude-upstream\"\n",
+        openai_provider(
+            "alpha",
+            &up.base_url(),
+            &[
+                ("gpt-x", "gpt-x-up"),
+                ("tool-model", "tools-up"),
+                ("emb", "emb-up")
+            ],
+            "api_key_env = \"TEST_OPENAI_KEY\"",
+        ),
+        anth.base_url(),
+    );
+    let gw = gateway_with_env(
+        &toml,
+        &[
+            ("TEST_OPENAI_KEY", UPSTREAM_KEY),
+            ("TEST_ANTHROPIC_KEY", ANTHROPIC_KEY),
+        ],
+    )
+    .await;
+    let http = client();
+
+    // Chat, non-stream: headers, model rewritten to the client-facing name, request id echoed.
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "client-req-1")
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header("authorization", "Bearer client-key-must-not-travel")
+        .json(&json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "seed": 7, "x_custom": {"a": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["x-switchyard-provider"], "alpha");
+    assert_eq!(headers["x-switchyard-model"], "gpt-x");
+    assert_eq!(headers["x-switchyard-attempts"], "1");
+    assert_eq!(headers["x-request-id"], "client-req-1");
+    let body = json_of(response).await;
+    assert_eq!(body["model"], "gpt-x");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello from alpha");
+    assert_eq!(
+        body["system_fingerprint"], "fp_fake",
+        "unknown response fields pass through"
+    );
+    // What the upstream saw: its own key, the upstream model name, unknown fields, ids.
+    let seen = up.seen().into_iter().last().unwrap();
+    assert_eq!(seen.body["model"], "gpt-x-up");
+    assert_eq!(seen.body["seed"], 7);
+    assert_eq!(seen.body["x_custom"], json!({"a": 1}));
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {UPSTREAM_KEY}")
+    );
+    assert_eq!(seen.headers["x-request-id"], "client-req-1");
+    assert_eq!(
+        seen.headers["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+
+    // Chat, stream, with and without usage asked for.
+    for client_usage in [false, true] {
+        let mut request = chat("gpt-x");
+        request["stream"] = json!(true);
+        if client_usage {
+            request["stream_options"] = json!({"include_usage": true});
+        }
+        let response = http
+            .post(gw.url("/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["x-switchyard-provider"], "alpha");
+        assert!(response.headers().contains_key("x-request-id"));
+        let text = response.text().await.unwrap();
+        let data = sse_data(&text);
+        assert_eq!(data.last().unwrap(), "[DONE]", "{text}");
+        assert_eq!(stream_text(&text), "Hello from alpha");
+        let usage_chunks = data
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["usage"].is_object())
+            .count();
+        assert_eq!(usage_chunks, usize::from(client_usage), "{text}");
+        for chunk in data.iter().filter(|d| d.as_str() != "[DONE]") {
+            let chunk: Value = serde_json::from_str(chunk).unwrap();
+            assert_eq!(chunk["model"], "gpt-x");
+        }
+        // The upstream was always asked for usage.
+        let seen = up.seen().into_iter().last().unwrap();
+        assert_eq!(seen.body["stream_options"]["include_usage"], true);
+    }
+
+    // Tools.
+    let mut request = chat("tool-model");
+    request["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let body = json_of(
+        http.post(gw.url("/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+
+    // Embeddings and legacy completions.
+    let body = json_of(
+        http.post(gw.url("/v1/embeddings"))
+            .json(&json!({"model": "emb", "input": "hello"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body["model"], "emb");
+    assert_eq!(body["data"][0]["embedding"], json!([0.25, -0.5, 0.75]));
+    let body = json_of(
+        http.post(gw.url("/v1/completions"))
+            .json(&json!({"model": "gpt-x", "prompt": "Say hi"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body["choices"][0]["text"], "Hello from alpha");
+    assert_eq!(body["model"], "gpt-x");
+
+    let models = json_of(http.get(gw.url("/v1/models")).send().await.unwrap()).await;
+    assert_eq!(models["object"], "list");
+    let ids: BTreeSet<String> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["claude-x", "emb", "gpt-x", "tool-model"]
+            .map(str::to_owned)
+            .into()
+    );
+    let one = json_of(http.get(gw.url("/v1/models/gpt-x")).send().await.unwrap()).await;
+    assert_eq!(one["id"], "gpt-x");
+    let missing = http
+        .get(gw.url("/v1/models/nope-model"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // /v1/messages, native to the Anthropic deployment: cache_control survives.
+    let request = json!({
+        "model": "claude-x", "max_tokens": 64,
+        "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    let response = http
+        .post(gw.url("/v1/messages"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-provider"], "anth");
+    let body = json_of(response).await;
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["model"], "claude-x");
+    assert_eq!(body["content"][0]["text"], "Hello from claude");
+    let seen = anth.seen().into_iter().last().unwrap();
+    assert_eq!(seen.body["model"], "claude-upstream");
+    assert_eq!(seen.body["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(seen.headers["x-api-key"], ANTHROPIC_KEY);
+    // ... streamed natively.
+    let mut streaming = request.clone();
+    streaming["stream"] = json!(true);
+    let text = http
+        .post(gw.url("/v1/messages"))
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_events(&text);
+    assert_eq!(events.first().map(String::as_str), Some("message_start"));
+    assert_eq!(events.last().map(String::as_str), Some("message_stop"));
+    assert!(
+        events.contains(&"ping".to_owned()),
+        "native events pass through: {events:?}"
+    );
+    assert!(text.contains("\"model\":\"claude-x\""), "{text}");
+
+    // /v1/messages translated to an OpenAI-format deployment.
+    let request = json!({"model": "gpt-x", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]});
+    let response = http
+        .post(gw.url("/v1/messages"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-switchyard-provider"], "alpha");
+    let body = json_of(response).await;
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["model"], "gpt-x");
+    assert_eq!(body["content"][0]["text"], "Hello from alpha");
+    assert_eq!(body["stop_reason"], "end_turn");
+    let mut streaming = request.clone();
+    streaming["stream"] = json!(true);
+    let text = http
+        .post(gw.url("/v1/messages"))
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_events(&text);
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("message_start"),
+        "{text}"
+    );
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("message_stop"),
+        "{text}"
+    );
+    assert!(text.contains("Hello "), "{text}");
+    // Anthropic-only features never go to an OpenAI deployment.
+    let thinking = json!({"model": "gpt-x", "max_tokens": 64, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let response = http
+        .post(gw.url("/v1/messages"))
+        .json(&thinking)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    // Probes, metrics and admin stats.
+    assert_eq!(
+        http.get(gw.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let ready = http.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = scrape(&gw).await;
+    assert!(
+        metrics
+            .iter()
+            .any(|l| l.starts_with("switchyard_requests_total{")
+                && l.contains("model=\"gpt-x\"")
+                && l.contains("provider=\"alpha\"")
+                && l.contains("status=\"200\"")
+                && !l.ends_with(" 0")),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics
+            .iter()
+            .any(|l| l.starts_with("switchyard_tokens_total{")
+                && l.contains("provider=\"alpha\"")
+                && l.contains("kind=\"completion\"")
+                && !l.ends_with(" 0")),
+        "{metrics:?}"
+    );
+    let stats = json_of(http.get(gw.url("/admin/stats")).send().await.unwrap()).await;
+    let rows = stats["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["provider_id"].is_string() && r["load"].is_number())
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn every_name_of_spec_12_is_exposed_before_traffic() {
+    let up = openai_upstream("a").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider("a", &up.base_url(), &[("m", "m")], "")
+    );
+    let gw = gateway(&toml).await;
+    let text = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "switchyard_requests_total",
+        "switchyard_request_duration_seconds",
+        "switchyard_time_to_first_token_seconds",
+        "switchyard_overhead_seconds",
+        "switchyard_attempts_total",
+        "switchyard_provider_switches_total",
+        "switchyard_panic_selections_total",
+        "switchyard_health_checks_total",
+        "switchyard_provider_health",
+        "switchyard_provider_inflight",
+        "switchyard_provider_load",
+        "switchyard_recovery_seconds",
+        "switchyard_tokens_total",
+        "switchyard_cost_usd_total",
+        "switchyard_queue_depth",
+        "switchyard_queue_wait_seconds",
+        "switchyard_stream_malformed_events_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics:\n{text}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn error_statuses_and_shapes() {
+    let up = openai_upstream_with_key("alpha", Some(UPSTREAM_KEY)).await;
+    let toml = format!(
+        "{FAST_MANAGER}\n[server]\nmax_body_bytes = 2048\n\n{}\n[routes.\"slow-model\"]\nrequest_timeout = \"1s\"\n",
+        openai_provider(
+            "alpha",
+            &up.base_url(),
+            &[
+                ("gpt-x", "gpt-x"),
+                ("bad", "bad-request"),
+                ("leaky", "leaky-request"),
+                ("auth", "status-401"),
+                ("gone", "status-404"),
+                ("limited", "status-429"),
+                ("down", "status-503"),
+                ("slow-model", "slow"),
+            ],
+            "api_key_env = \"TEST_OPENAI_KEY\""
+        ),
+    );
+    let gw = gateway_with_env(&toml, &[("TEST_OPENAI_KEY", UPSTREAM_KEY)]).await;
+    let http = client();
+    let post = |path: &str, body: String| {
+        http.post(gw.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // Malformed JSON.
+    let response = post("/v1/chat/completions", "{\"model\": ".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "invalid_json");
+    // Missing and wrong-typed fields, named.
+    let body = json_of(
+        post("/v1/chat/completions", r#"{"model": "gpt-x"}"#.to_owned())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `messages`"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["param"], "messages");
+    let response = post(
+        "/v1/chat/completions",
+        r#"{"model": "gpt-x", "messages": [], "max_tokens": "many"}"#.to_owned(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(json_of(response).await["error"]["param"], "max_tokens");
+    let response = post("/v1/embeddings", r#"{"model": "gpt-x"}"#.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Unknown model.
+    let response = post("/v1/chat/completions", chat("no-such-model").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["param"], "model");
+    let response = post(
+        "/v1/embeddings",
+        json!({"model": "nope", "input": "x"}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 404);
+    // Body too large, in both shapes.
+    let big =
+        json!({"model": "gpt-x", "messages": [{"role": "user", "content": "x".repeat(4096)}]})
+            .to_string();
+    let response = post("/v1/chat/completions", big.clone()).await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        json_of(response).await["error"]["code"],
+        "request_too_large"
+    );
+    let response = post("/v1/messages", big).await.unwrap();
+    assert_eq!(response.status(), 413);
+    let body = json_of(response).await;
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "request_too_large");
+    // Anthropic shape for a bad /v1/messages body.
+    let response = post(
+        "/v1/messages",
+        json!({"model": "gpt-x", "messages": []}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens")
+    );
+    // Legacy completions do not stream.
+    let response = post(
+        "/v1/completions",
+        json!({"model": "gpt-x", "prompt": "x", "stream": true}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // An upstream's final 400 comes back with its status, message, type, param and code.
+    let response = post("/v1/chat/completions", chat("bad").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert_eq!(
+        body["error"]["message"],
+        "Invalid value for 'temperature': upstream says 7 is too hot."
+    );
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "temperature");
+    assert_eq!(body["error"]["code"], "invalid_value");
+    // ... with configured secrets redacted.
+    let body = json_of(
+        post("/v1/chat/completions", chat("leaky").to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains(UPSTREAM_KEY) && message.contains("[redacted]"),
+        "{message}"
+    );
+    // Every attempt refused with 401/404: 502 upstream_auth_error, never the upstream's 401.
+    for model in ["auth", "gone"] {
+        let response = post("/v1/chat/completions", chat(model).to_string())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502, "{model}");
+        let body = json_of(response).await;
+        assert_eq!(body["error"]["type"], "upstream_auth_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("alpha/{model}")), "{message}");
+        assert!(
+            !message.contains("127.0.0.1"),
+            "no upstream URLs: {message}"
+        );
+    }
+    // Every attempt rate limited: 429 with Retry-After.
+    let response = post("/v1/chat/completions", chat("limited").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    // Every attempt failed otherwise: 502 listing the trail, no upstream body.
+    let response = post("/v1/chat/completions", chat("down").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["type"], "upstream_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("alpha/down: unavailable"), "{message}");
+    assert!(
+        !message.contains("scripted"),
+        "no upstream bodies: {message}"
+    );
+    // The deadline passed: 504.
+    let started = Instant::now();
+    let response = post("/v1/chat/completions", chat("slow-model").to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Unknown route, wrong method.
+    assert_eq!(
+        http.get(gw.url("/v2/nothing"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let response = http
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert!(json_of(response).await["error"]["message"].is_string());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn client_keys_are_required_and_never_forwarded() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n[server]\napi_keys_env = \"MY_CLIENT_KEYS\"\nadmin_token_env = \"MY_ADMIN_TOKEN\"\n\n{}",
+        openai_provider("alpha", &up.base_url(), &[("gpt-x", "gpt-x")], "")
+    );
+    let gw = gateway_with_env(
+        &toml,
+        &[
+            ("MY_CLIENT_KEYS", "client-key-one,client-key-two"),
+            ("MY_ADMIN_TOKEN", "admin-token-xyz"),
+        ],
+    )
+    .await;
+    let http = client();
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("wrong-key")
+        .json(&chat("gpt-x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http
+        .post(gw.url("/v1/messages"))
+        .json(&json!({"model": "gpt-x", "max_tokens": 5, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        json_of(response).await["error"]["type"],
+        "authentication_error"
+    );
+    assert_eq!(
+        http.get(gw.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("client-key-two")
+        .json(&chat("gpt-x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-api-key", "client-key-one")
+        .json(&chat("gpt-x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for seen in up.seen() {
+        assert!(
+            seen.headers.get("authorization").is_none(),
+            "client key forwarded: {:?}",
+            seen.headers
+        );
+        assert!(
+            seen.headers.get("x-api-key").is_none(),
+            "client key forwarded: {:?}",
+            seen.headers
+        );
+    }
+    // Probes and metrics stay open; the admin API wants its token.
+    assert_eq!(
+        http.get(gw.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        http.get(gw.url("/metrics")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        http.get(gw.url("/admin/stats"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let response = http
+        .get(gw.url("/admin/stats"))
+        .bearer_auth("admin-token-xyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_without_a_token_answers_only_loopback_hosts() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider("alpha", &up.base_url(), &[("m", "m")], "")
+    );
+    let gw = gateway(&toml).await;
+    let http = client();
+    assert_eq!(
+        http.get(gw.url("/admin/stats"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let response = http
+        .get(gw.url("/admin/stats"))
+        .header("host", "gateway.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_loopback_listen_is_refused_without_keys() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider("alpha", &up.base_url(), &[("m", "m")], "")
+    );
+    let config = switchyard_server::config::Config::from_toml_str(&toml).unwrap();
+    let gateway =
+        switchyard_server::Gateway::with_env(config.clone(), std::sync::Arc::new(|_: &str| None))
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = gateway
+        .serve(listener, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("admin token"), "{error}");
+
+    let env = |name: &str| (name == "SWITCHYARD_ADMIN_TOKEN").then(|| "tok-123456".to_owned());
+    let gateway =
+        switchyard_server::Gateway::with_env(config.clone(), std::sync::Arc::new(env)).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = gateway
+        .serve(listener, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("allow_open_proxy"), "{error}");
+
+    let mut open = config;
+    open.server.allow_open_proxy = true;
+    let gateway = switchyard_server::Gateway::with_env(open, std::sync::Arc::new(env)).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    gateway
+        .serve(listener, std::future::ready(()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_mid_list_provider_failing_before_first_content_is_invisible() {
+    let first = openai_upstream("first").await;
+    let second = openai_upstream("second").await;
+    let third = openai_upstream("third").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}\n{}\n{}\n[routes.\"gpt-x\"]\nstrategy = \"priority\"\n",
+        openai_provider(
+            "p0",
+            &first.base_url(),
+            &[("gpt-x", "status-503")],
+            "priority = 0"
+        ),
+        openai_provider(
+            "p1",
+            &second.base_url(),
+            &[("gpt-x", "cut-before-content")],
+            "priority = 1"
+        ),
+        openai_provider("p2", &third.base_url(), &[("gpt-x", "ok")], "priority = 2"),
+    );
+    let gw = gateway(&toml).await;
+    let http = client();
+    let mut request = chat("gpt-x");
+    request["stream"] = json!(true);
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-provider"], "p2");
+    assert_eq!(response.headers()["x-switchyard-attempts"], "3");
+    let text = response.text().await.unwrap();
+    assert_eq!(stream_text(&text), "Hello from third");
+    assert!(!text.contains("error"), "{text}");
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+    // The client saw exactly one role chunk: nothing of the failed attempts.
+    let roles = sse_data(&text)
+        .iter()
+        .filter(|d| d.contains("\"role\":\"assistant\""))
+        .count();
+    assert_eq!(roles, 1, "{text}");
+    assert_eq!(first.generations(), 1);
+    assert_eq!(second.generations(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_content_ends_with_an_error_event_and_no_done() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}\n[routes.\"gpt-x\"]\nstream_resume = \"off\"\n",
+        openai_provider(
+            "alpha",
+            &up.base_url(),
+            &[("gpt-x", "cut-after-content")],
+            ""
+        )
+    );
+    let gw = gateway(&toml).await;
+    let mut request = chat("gpt-x");
+    request["stream"] = json!(true);
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let data = sse_data(&text);
+    assert!(!data.contains(&"[DONE]".to_owned()), "{text}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "upstream_error", "{text}");
+    assert!(stream_text(&text).starts_with("Hello"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_disconnect_mid_stream_aborts_the_upstream_call_within_a_second() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider("alpha", &up.base_url(), &[("gpt-x", "slow-stream")], "")
+    );
+    let gw = gateway(&toml).await;
+    let mut request = chat("gpt-x");
+    request["stream"] = json!(true);
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("t1 ") {
+        let bytes = body.next().await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert_eq!(up.dropped_streams(), 0);
+    let dropped_at = Instant::now();
+    drop(body);
+    tokio::time::timeout(Duration::from_secs(1), up.stream_dropped())
+        .await
+        .expect("the upstream call was not dropped within 1 s");
+    assert!(dropped_at.elapsed() < Duration::from_secs(1));
+    // Recorded as cancelled, never against the deployment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let state = gw.manager.deployment_state("alpha", "gpt-x").unwrap();
+    assert_eq!(state.consecutive_failures(), 0);
+    let metrics = scrape(&gw).await;
+    assert!(
+        metrics
+            .iter()
+            .any(|l| l.starts_with("switchyard_attempts_total{")
+                && l.contains("provider=\"alpha\"")
+                && l.contains("outcome=\"cancelled\"")),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics
+            .iter()
+            .any(|l| l.starts_with("switchyard_requests_total{")
+                && l.contains("model=\"gpt-x\"")
+                && l.contains("status=\"cancelled\"")),
+        "{metrics:?}"
+    );
+    let stats: Value = client()
+        .get(gw.url("/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["data"][0]["health"], "healthy");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_lets_an_in_flight_stream_finish() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider("alpha", &up.base_url(), &[("gpt-x", "paced-stream")], "")
+    );
+    let gw = gateway(&toml).await;
+    let mut request = chat("gpt-x");
+    request["stream"] = json!(true);
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let url = gw.url("/healthz");
+    let stopping = tokio::spawn(gw.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections once stopping.
+    assert!(reqwest::Client::new().get(&url).send().await.is_err());
+    let text = response.text().await.unwrap();
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+    assert!(text.contains("t14 "));
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_thousand_random_model_names_add_at_most_one_model_series() {
+    let star = openai_upstream("star").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        wildcard_provider("wild", &star.base_url())
+    );
+    let gw = gateway(&toml).await;
+    let models_in = |lines: &[String]| -> BTreeSet<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("switchyard_"))
+            .filter_map(|l| {
+                let start = l.find("model=\"")? + 7;
+                let end = l[start..].find('"')? + start;
+                Some(l[start..end].to_owned())
+            })
+            .collect()
+    };
+    let before = models_in(&scrape(&gw).await);
+    let http = client();
+    let names: Vec<String> = (0..1000)
+        .map(|i| format!("random-{i}-{:x}", rand::random::<u64>()))
+        .collect();
+    let results = futures_util::stream::iter(names.iter().map(|name| {
+        let http = http.clone();
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            http.post(url)
+                .json(&chat(name))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
+    assert!(results.iter().all(|s| *s == 200), "{results:?}");
+    let after = models_in(&scrape(&gw).await);
+    let added: Vec<&String> = after.difference(&before).collect();
+    assert!(added.len() <= 1, "new model series: {added:?}");
+    assert!(added.iter().all(|m| m.as_str() == "other"), "{added:?}");
+    assert!(after.contains("other"));
+    assert!(!after.iter().any(|m| m.starts_with("random-")));
+    // The "*" provider's upstream list is what /v1/models shows for it.
+    let models: Value = http
+        .get(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["star-model-1", "star-model-2"]);
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("any-name"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-switchyard-model"], "any-name");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model"], "any-name");
+    assert_eq!(star.seen().last().unwrap().body["model"], "any-name");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_region_comes_from_the_header_then_metadata_then_the_server() {
+    let eu = openai_upstream("eu").await;
+    let us = openai_upstream("us").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n[server]\nregion = \"eu\"\n\n{}\n{}",
+        openai_provider("eu-p", &eu.base_url(), &[("m", "m")], "region = \"eu\""),
+        openai_provider("us-p", &us.base_url(), &[("m", "m")], "region = \"us\""),
+    );
+    let gw = gateway(&toml).await;
+    let http = client();
+    for _ in 0..3 {
+        let response = http
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-switchyard-provider"], "eu-p");
+    }
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-switchyard-region", "us")
+        .json(&chat("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-switchyard-provider"], "us-p");
+    let mut request = chat("m");
+    request["metadata"] = json!({"region": "us"});
+    let response = http
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-switchyard-provider"], "us-p");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_content_is_resumed_on_another_deployment() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}\n{}\n[routes.\"gpt-x\"]\nstrategy = \"priority\"\nstream_resume = \"replay\"\n",
+        openai_provider(
+            "p0",
+            &up.base_url(),
+            &[("gpt-x", "cut-after-content")],
+            "priority = 0"
+        ),
+        openai_provider("p1", &up.base_url(), &[("gpt-x", "ok")], "priority = 1"),
+    );
+    let gw = gateway(&toml).await;
+    let mut request = chat("gpt-x");
+    request["stream"] = json!(true);
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-provider"], "p0");
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        stream_text(&text),
+        "Hello from alpha",
+        "never text twice: {text}"
+    );
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
+    gw.stop().await;
+}
