@@ -13,10 +13,15 @@
 //!    venv cannot be made, CI fails; a local run warns and the SDK tests skip.
 //! 5. `tests`: `cargo nextest run --workspace --no-fail-fast` when
 //!    `cargo nextest --version` works, else `cargo test --workspace`
-//! 6. `doctests`: `cargo test --workspace --doc` (nextest does not run doc tests)
-//! 7. `doc`: `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-D warnings`
+//! 6. `chaos`: `cargo xtask chaos --quick`, the 16 failover faults against
+//!    the real server with shortened waits (about 40 s)
+//! 7. `doctests`: `cargo test --workspace --doc` (nextest does not run doc tests)
+//! 8. `doc`: `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-D warnings`
 //!
-//! `--skip-fmt`, `--skip-clippy` and `--skip-doc` drop steps 1, 3 and 7 for
+//! Clippy runs with `--all-features`, so the harness behind xtask's
+//! `harness` feature is linted too.
+//!
+//! `--skip-fmt`, `--skip-clippy`, `--skip-chaos` and `--skip-doc` drop steps 1, 3, 6 and 8 for
 //! local iteration. Every step prints its name and duration. When the `CI`
 //! environment variable is set (and not empty), cargo steps run with
 //! `CARGO_INCREMENTAL=0`: incremental caches only cost time on a fresh clone.
@@ -37,6 +42,8 @@ pub struct Flags {
     pub skip_clippy: bool,
     /// `--skip-doc`: do not build the docs (doc tests still run).
     pub skip_doc: bool,
+    /// `--skip-chaos`: do not run the quick chaos scorecard.
+    pub skip_chaos: bool,
 }
 
 impl Flags {
@@ -48,6 +55,7 @@ impl Flags {
                 "--skip-fmt" => flags.skip_fmt = true,
                 "--skip-clippy" => flags.skip_clippy = true,
                 "--skip-doc" => flags.skip_doc = true,
+                "--skip-chaos" => flags.skip_chaos = true,
                 other => return Err(format!("`ci` does not understand `{other}`")),
             }
         }
@@ -168,6 +176,7 @@ fn plan(flags: Flags, nextest: bool) -> Vec<Step> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
@@ -180,6 +189,8 @@ fn plan(flags: Flags, nextest: bool) -> Vec<Step> {
             skipped_by: None,
         },
         tests,
+        Step::cargo("chaos", &["xtask", "chaos", "--quick"])
+            .skipped_if(flags.skip_chaos, "--skip-chaos"),
         Step::cargo("doctests", &["test", "--workspace", "--doc"]),
         Step::cargo("doc", &["doc", "--workspace", "--no-deps"])
             .with_env("RUSTDOCFLAGS", "-D warnings")
@@ -385,7 +396,8 @@ mod tests {
             Ok(Flags {
                 skip_fmt: true,
                 skip_clippy: true,
-                skip_doc: true
+                skip_doc: true,
+                skip_chaos: false,
             })
         );
     }
@@ -402,7 +414,7 @@ mod tests {
         assert_eq!(
             names(&steps),
             vec![
-                "fmt", "tidy", "clippy", "sdk-venv", "tests", "doctests", "doc"
+                "fmt", "tidy", "clippy", "sdk-venv", "tests", "chaos", "doctests", "doc"
             ]
         );
         assert!(skipped(&steps).is_empty());
@@ -428,9 +440,10 @@ mod tests {
             vec![
                 "cargo fmt --all -- --check",
                 "cargo xtask tidy (in-process)",
-                "cargo clippy --workspace --all-targets -- -D warnings",
+                "cargo clippy --workspace --all-targets --all-features -- -D warnings",
                 "python3 -m venv target/sdk-venv && target/sdk-venv/bin/pip install --quiet openai anthropic (unless already importable)",
                 "cargo nextest run --workspace --no-fail-fast",
+                "cargo xtask chaos --quick",
                 "cargo test --workspace --doc",
                 "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps",
             ]
@@ -443,6 +456,7 @@ mod tests {
             skip_fmt: fmt,
             skip_clippy: clippy,
             skip_doc: doc,
+            skip_chaos: false,
         };
         assert_eq!(skipped(&plan(flags(true, false, false), true)), vec!["fmt"]);
         assert_eq!(

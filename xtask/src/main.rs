@@ -3,7 +3,7 @@
 //! Run it through the `xtask` alias in `.cargo/config.toml`, e.g. `cargo xtask ci`.
 //! One module per command, in the style of rust-analyzer's xtask:
 //!
-//! - [`ci`]: the whole check suite (fmt, tidy, clippy, tests, doc tests, docs),
+//! - [`ci`]: the whole check suite (fmt, tidy, clippy, tests, quick chaos, doc tests, docs),
 //!   the exact command `.ci/run` and the README ask for.
 //! - [`tidy`]: source conventions every `.rs` file in the workspace follows;
 //!   also enforced by a test, so `cargo test` catches violations.
@@ -25,10 +25,12 @@ Usage: cargo xtask <command> [flags]
 
 Commands:
   ci      Run the whole check suite, stopping at the first failure:
-          fmt, tidy, clippy, tests (nextest if installed), doc tests, docs.
+          fmt, tidy, clippy, tests (nextest if installed), chaos --quick,
+          doc tests, docs.
             --skip-fmt      skip `cargo fmt --all -- --check`
-            --skip-clippy   skip `cargo clippy --workspace --all-targets`
+            --skip-clippy   skip `cargo clippy --workspace --all-targets --all-features`
             --skip-doc      skip `cargo doc --workspace --no-deps` (doc tests still run)
+            --skip-chaos    skip `cargo xtask chaos --quick`
   bench   Measure gateway overhead against a do-nothing upstream: direct vs
           nginx (the floor) vs switchyard, at 1 and 64 connections, plain and
           streaming; prints a markdown table (installs wrk and nginx if missing).
