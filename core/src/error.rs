@@ -220,10 +220,10 @@ pub enum ProviderError {
     },
     /// The upstream answered with an error status.
     #[error("upstream error {}: {}", .0.status, .0.message)]
-    Upstream(UpstreamError),
+    Upstream(Box<UpstreamError>),
     /// A stream sent an error event after it had started.
     #[error("in-band stream error: {}", .0.message)]
-    InBand(UpstreamError),
+    InBand(Box<UpstreamError>),
     /// A stream closed without `finish_reason` (a cut).
     #[error("stream cut after {chunks} chunks without a finish_reason")]
     StreamCut {
@@ -256,9 +256,9 @@ impl ProviderError {
         error_type: Option<String>,
         code: Option<String>,
     ) -> Self {
-        Self::Upstream(UpstreamError::from_status(
+        Self::Upstream(Box::new(UpstreamError::from_status(
             status, message, error_type, code,
-        ))
+        )))
     }
 
     /// The upstream error, for `Upstream` and `InBand`.
@@ -758,7 +758,9 @@ mod tests {
         let ProviderError::Upstream(e) = plain_503 else {
             unreachable!()
         };
-        let with_after = ProviderError::Upstream(e.with_retry_after(Some(Duration::from_secs(2))));
+        let with_after = ProviderError::Upstream(Box::new(
+            (*e).with_retry_after(Some(Duration::from_secs(2))),
+        ));
         assert!(with_after.starts_cooldown());
         assert_eq!(with_after.retry_after(), Some(Duration::from_secs(2)));
     }

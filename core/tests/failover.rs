@@ -40,10 +40,10 @@ fn err503() -> ProviderError {
 }
 
 fn err429(after: Option<u64>) -> ProviderError {
-    ProviderError::Upstream(
+    ProviderError::Upstream(Box::new(
         UpstreamError::from_status(429, "slow down", Some("rate_limit_error".into()), None)
             .with_retry_after(after.map(Duration::from_secs)),
-    )
+    ))
 }
 
 /// Runs one chat request through failover.

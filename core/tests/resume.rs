@@ -262,12 +262,12 @@ async fn a_resumed_streams_usage_is_the_sum_of_its_attempts() {
 async fn an_in_band_error_after_content_is_resumed_too() {
     let p = cut_primary(StreamShape::ErrorAfter(
         2,
-        ProviderError::InBand(switchyard_core::UpstreamError::from_status(
+        ProviderError::InBand(Box::new(switchyard_core::UpstreamError::from_status(
             529,
             "overloaded",
             Some("overloaded_error".into()),
             None,
-        )),
+        ))),
     ));
     let q = ScriptedProvider::shared(ANSWER);
     let manager = build(

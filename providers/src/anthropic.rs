@@ -63,12 +63,12 @@ impl TranslationError {
 
     /// As a 400 `invalid_request_error`, the way an upstream would reject it.
     pub fn into_provider_error(self) -> ProviderError {
-        ProviderError::Upstream(UpstreamError::from_status(
+        ProviderError::Upstream(Box::new(UpstreamError::from_status(
             400,
             self.message,
             Some("invalid_request_error".to_owned()),
             None,
-        ))
+        )))
     }
 }
 

@@ -452,7 +452,7 @@ pub fn error_from_response(
         .with_param(fields.param)
         .with_retry_after(retry_after(headers, status, SystemTime::now()));
     refine_category(&mut error);
-    ProviderError::Upstream(error)
+    ProviderError::Upstream(Box::new(error))
 }
 
 /// Recognises rejections whose type and code say nothing specific.

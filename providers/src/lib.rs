@@ -40,10 +40,6 @@
 //! # });
 //! ```
 
-// `ProviderError` is core's error type, returned by every `Provider`
-// method; helpers returning it directly is what the trait asks for.
-#![allow(clippy::result_large_err)]
-
 pub mod anthropic;
 pub mod factory;
 pub mod http;

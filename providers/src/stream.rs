@@ -72,7 +72,7 @@ pub fn in_band_error(value: &Value, secret: Option<&Secret>) -> ProviderError {
     let mut error = UpstreamError::from_status(status, message, fields.error_type, fields.code)
         .with_param(fields.param);
     refine_category(&mut error);
-    ProviderError::InBand(error)
+    ProviderError::InBand(Box::new(error))
 }
 
 /// A transport failure or oversized event in the middle of a stream.

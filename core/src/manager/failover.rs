@@ -29,9 +29,9 @@ use crate::provider::{CallContext, Provider};
 use crate::registry::Deployment;
 use crate::state::{CircuitState, DeploymentState};
 use crate::stream::TimedStream;
-use crate::types::{ChatChunk, ChatStream, RequestType, Usage};
+use crate::types::{ChatChunk, ChatStream, RawEvent, RawEventStream, RequestType, Usage};
 
-use super::handle::{GuardedStream, bounded};
+use super::handle::{GuardedRawStream, GuardedStream, bounded, first_byte};
 use super::resume::{DriveExtras, Opened, Resume, ResumeMode, ResumingStream, SharedOp, share};
 use super::{ProviderHandle, ProviderManager, SelectRequest};
 
@@ -143,6 +143,8 @@ pub struct FailoverResult<T> {
     pub attempts: u32,
     /// Every attempt, the successful one last.
     pub trail: Vec<AttemptRecord>,
+    /// The deployment that answered (its pricing, config and state).
+    pub deployment: Arc<Deployment>,
 }
 
 /// A stream that has produced its first content. Cuts after that point are
@@ -234,6 +236,7 @@ impl ProviderManager {
             model,
             attempts,
             trail,
+            deployment,
         } = opened;
         let stream = ResumingStream::new(self.clone(), options, op, mode, result).into_stream();
         Ok(FailoverResult {
@@ -242,7 +245,76 @@ impl ProviderManager {
             model,
             attempts,
             trail,
+            deployment,
         })
+    }
+
+    /// The streaming form for native pass-through streams (Anthropic
+    /// Messages): returns once `starts_content` accepted an event (or the
+    /// stream completed), so failures before that fail over invisibly. The
+    /// adapter applies its protocol's timing and completeness rules; the
+    /// attempt's outcome is recorded when the returned stream ends, so a
+    /// native stream cut after content counts against its deployment.
+    /// Native streams are not resumed.
+    pub async fn execute_raw_stream_with_failover<F, Fut>(
+        &self,
+        options: FailoverOptions,
+        mut op: F,
+        starts_content: fn(&RawEvent) -> bool,
+    ) -> Result<FailoverResult<RawEventStream>, ManagerError>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<RawEventStream, ProviderError>>,
+    {
+        self.drive(
+            options,
+            DriveExtras::default(),
+            move |handle: &ProviderHandle, attempt: Attempt| {
+                let ctx = attempt.ctx.clone();
+                let guard = handle.begin();
+                let call = op(attempt);
+                async move {
+                    let opened = bounded(&ctx, ctx.first_token_timeout, call)
+                        .await
+                        .map_err(first_byte);
+                    let stream = match opened {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            guard.fail(&error);
+                            return Err(error);
+                        }
+                    };
+                    let mut stream: RawEventStream = Box::pin(GuardedRawStream::new(stream, guard));
+                    let mut prefix = Vec::new();
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(event)) => {
+                                let started = starts_content(&event);
+                                prefix.push(Ok(event));
+                                if started {
+                                    let rest: RawEventStream =
+                                        Box::pin(futures_util::stream::iter(prefix).chain(stream));
+                                    return Ok(rest);
+                                }
+                            }
+                            Some(Err(error)) => return Err(error),
+                            None => {
+                                return Ok(
+                                    Box::pin(futures_util::stream::iter(prefix)) as RawEventStream
+                                );
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Whether `model` is a configured model name (not only served by a
+    /// `"*"` provider): metrics label such names, and others `other`.
+    pub fn is_configured_model(&self, model: &str) -> bool {
+        self.inner.registry.load().models.contains_key(model)
     }
 
     /// Runs the failover loop until a stream has produced its first content.
@@ -517,6 +589,7 @@ impl ProviderManager {
                             model: handle.model().to_owned(),
                             attempts: attempt_no,
                             trail,
+                            deployment: Arc::clone(handle.deployment()),
                         });
                     }
                     Err(error) => error,
@@ -622,6 +695,7 @@ impl ProviderManager {
                                 model: handle.model().to_owned(),
                                 attempts: 1,
                                 trail,
+                                deployment: Arc::clone(handle.deployment()),
                             });
                         }
                         Err(error) => {

@@ -26,7 +26,7 @@ use crate::registry::Deployment;
 use crate::stream::TimedStream;
 use crate::types::{
     ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
-    EmbeddingsRequest, EmbeddingsResponse, Usage,
+    EmbeddingsRequest, EmbeddingsResponse, RawEvent, RawEventStream, Usage,
 };
 
 use super::ManagerInner;
@@ -391,6 +391,43 @@ impl Drop for CallGuard {
             self.inner.record_cancelled(&self.deployment, self.probe);
         }
         self.inner.queue.notify();
+    }
+}
+
+/// A native event stream that records its call's outcome when it ends.
+pub(crate) struct GuardedRawStream {
+    inner: RawEventStream,
+    guard: Option<CallGuard>,
+}
+
+impl GuardedRawStream {
+    pub(crate) fn new(inner: RawEventStream, guard: CallGuard) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Stream for GuardedRawStream {
+    type Item = Result<RawEvent, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(guard) = self.guard.take() {
+                    guard.succeed();
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(guard) = self.guard.take() {
+                    guard.fail(error);
+                }
+            }
+            _ => {}
+        }
+        polled
     }
 }
 
