@@ -86,6 +86,15 @@ pub fn chaos(root: &Path, args: &[String]) -> ExitCode {
     run(root, "chaos", args, false)
 }
 
+/// `cargo xtask demo`.
+pub fn demo(root: &Path, args: &[String]) -> ExitCode {
+    if let Err(message) = check_flags(args, &[], &[]) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    run(root, "demo", args, false)
+}
+
 /// `cargo xtask bench [--micro] [--seconds N] [--providers N]`.
 pub fn bench(root: &Path, args: &[String]) -> ExitCode {
     if let Err(message) = check_flags(args, &["--micro"], &["--seconds", "--providers"]) {

@@ -37,6 +37,9 @@ Commands:
             --seconds N     measured seconds per cell (default 10)
             --providers N   providers configured for the model (default 100)
             --micro         run the criterion selection micro-benchmarks instead
+  demo    Start the gateway on its embedded default, make one mock provider
+          fail and recover through the admin API, and narrate the routing,
+          failover, events and load stats (under a minute).
   chaos   Run the 16 failover faults against the real server and print the
           scorecard; exits non-zero unless every fault scores as required.
             --quick         shortened waits (what CI runs, under 3 minutes)
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         },
         "chaos" => harness::chaos(&workspace_root(), rest),
         "bench" => harness::bench(&workspace_root(), rest),
+        "demo" => harness::demo(&workspace_root(), rest),
         "tidy" => match rest.first() {
             None => tidy::run(&workspace_root()),
             Some(arg) => usage_error(&format!("`tidy` takes no arguments, got `{arg}`")),

@@ -1,4 +1,4 @@
-//! `xtask-harness`: the workflows that drive the real server over sockets (chaos, bench).
+//! `xtask-harness`: the workflows that drive the real server over sockets (chaos, bench, demo).
 //!
 //! `cargo xtask chaos` builds and runs this binary (feature `harness`), so
 //! its dependencies (tokio, reqwest) never slow down `cargo xtask ci`'s
@@ -6,6 +6,7 @@
 
 mod bench;
 mod chaos;
+mod demo;
 mod gateway;
 mod upstream;
 
@@ -76,6 +77,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "demo" => match runtime.block_on(demo::run(&server)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("demo: the scripted failover and recovery did not both appear");
+                ExitCode::FAILURE
+            }
+            Err(message) => {
+                eprintln!("demo: {message}");
+                ExitCode::FAILURE
+            }
+        },
         "bench" => {
             let options = bench::Options { seconds, providers };
             match runtime.block_on(bench::run(&root, &server, options)) {
