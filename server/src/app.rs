@@ -60,6 +60,12 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Upstream model lists of `"*"` providers.
     pub model_lists: ModelListCache,
+    /// `client_rpm_limit`, per client key.
+    pub client_limits: crate::limits::ClientLimiter,
+    /// The opt-in response cache (`[server.cache]`).
+    pub response_cache: crate::cache::ResponseCache,
+    /// The file config, the admin overlay and the config-change lock (admin API, reload).
+    pub control: crate::admin::ConfigControl,
 }
 
 impl Deref for AppState {
@@ -79,6 +85,8 @@ impl AppState {
         redactor: Redactor,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
+        let client_limits = crate::limits::ClientLimiter::new(server.client_rpm_limit);
+        let response_cache = crate::cache::ResponseCache::new(&server.cache);
         Self {
             inner: Arc::new(Shared {
                 manager,
@@ -88,6 +96,9 @@ impl AppState {
                 metrics,
                 ready: AtomicBool::new(false),
                 model_lists: ModelListCache::default(),
+                client_limits,
+                response_cache,
+                control: crate::admin::ConfigControl::default(),
             }),
         }
     }
@@ -126,7 +137,7 @@ impl ModelListCache {
 }
 
 /// The router: data plane under `/v1` (client keys when configured),
-/// probes, metrics and the read-only admin route.
+/// probes, metrics and the admin API ([`crate::admin`]).
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat::handle))
@@ -137,6 +148,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*model}", get(routes::models::retrieve))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            crate::cache::middleware,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             require_client_key,
         ));
     Router::new()
@@ -144,7 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::metrics::render))
-        .route("/admin/stats", get(routes::admin::stats))
+        .merge(crate::admin::router(state.clone()))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.server.max_body_bytes))
@@ -153,10 +168,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn require_client_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if state.credentials.client_allowed(request.headers()) {
+        // Identifies the caller (for the cache) and applies `client_rpm_limit`.
+        if let Err(response) = crate::limits::admit(&state, &mut request) {
+            return response;
+        }
         return next.run(request).await;
     }
     let error = ApiError::unauthorized(

@@ -118,6 +118,22 @@ impl Credentials {
         })
     }
 
+    /// The configured client key the request carries (`None` when it
+    /// carries none, or when no keys are configured). Every key is compared,
+    /// in constant time, whichever matches.
+    pub fn client_key(&self, headers: &HeaderMap) -> Option<&str> {
+        let presented = [bearer(headers), header_str(headers, "x-api-key")];
+        let mut found = None;
+        for given in presented.iter().flatten() {
+            for key in &self.client_keys {
+                if constant_time_eq(key, given) && found.is_none() {
+                    found = Some(key.as_str());
+                }
+            }
+        }
+        found
+    }
+
     /// Whether an admin request is allowed.
     pub fn admin_access(&self, headers: &HeaderMap) -> AdminAccess {
         match &self.admin_token {
@@ -231,6 +247,16 @@ mod tests {
         assert!(!creds.client_allowed(&headers(&[("authorization", "key-one")])));
         assert!(!creds.client_allowed(&HeaderMap::new()));
         assert!(Credentials::default().client_allowed(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn client_key_names_the_matching_key() {
+        let creds = Credentials::new(vec!["key-one".into(), "key-two".into()], None);
+        let key = |pairs: &[(&'static str, &str)]| creds.client_key(&headers(pairs));
+        assert_eq!(key(&[("authorization", "Bearer key-two")]), Some("key-two"));
+        assert_eq!(key(&[("x-api-key", "key-one")]), Some("key-one"));
+        assert_eq!(key(&[("authorization", "Bearer nope")]), None);
+        assert_eq!(Credentials::default().client_key(&HeaderMap::new()), None);
     }
 
     #[test]

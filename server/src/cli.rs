@@ -2,8 +2,16 @@
 //!
 //! ```text
 //! switchyard [serve] [--config PATH] [--listen ADDR]
-//! switchyard check-config [--config PATH]
+//! switchyard check-config [PATH | --config PATH]
 //! ```
+//!
+//! `check-config` loads the config exactly as `serve` would (file, then
+//! `SWITCHYARD_<SECTION>__<KEY>` overrides), validates it and builds every
+//! provider (so `api_key_env` variables must be set), then prints the
+//! resolved config as JSON with secrets redacted (inline keys and
+//! sensitive header values as `"[redacted]"`) and exits 0. Otherwise it
+//! prints every problem on its own line, each with its path
+//! (`providers[0].base_url: ...`), and exits 2.
 //!
 //! Without `--config` (and without `SWITCHYARD_CONFIG`) the embedded
 //! default config runs: two mock providers, offline. `--listen` overrides
@@ -54,6 +62,9 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArgs {
     /// TOML config file (default: $SWITCHYARD_CONFIG, else the embedded default).
+    #[arg(value_name = "PATH", conflicts_with = "config")]
+    pub path: Option<PathBuf>,
+    /// The same, as an option.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 }
@@ -75,7 +86,7 @@ fn source(path: Option<&std::path::Path>) -> ConfigSource {
 }
 
 fn check_config(args: &ConfigArgs) -> ExitCode {
-    let source = source(args.config.as_deref());
+    let source = source(args.path.as_deref().or(args.config.as_deref()));
     let checked = config::load(&source)
         .map_err(StartError::from)
         .and_then(|config| {
@@ -86,16 +97,51 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
     match checked {
         Ok(config) => {
             eprintln!("{source}: ok ({} providers)", config.providers.len());
-            match serde_json::to_string_pretty(&config) {
+            match serde_json::to_string_pretty(&redacted_config(&config)) {
                 Ok(json) => println!("{json}"),
                 Err(error) => eprintln!("cannot print the config: {error}"),
             }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {source}: {error}");
+            let problems = problems(&error);
+            eprintln!(
+                "error: {source}: {} problem{}:",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            for problem in problems {
+                eprintln!("  {problem}");
+            }
             ExitCode::from(2)
         }
+    }
+}
+
+/// The config as JSON with every secret redacted: inline keys (core's
+/// `Secret` already serializes as `"[redacted]"`) and sensitive header values.
+pub fn redacted_config(config: &config::Config) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if let Some(serde_json::Value::Array(providers)) = value.get_mut("providers") {
+        *providers = config
+            .providers
+            .iter()
+            .map(crate::admin::handlers::redacted_provider)
+            .collect();
+    }
+    value
+}
+
+/// Every problem of a failed start, one per entry, each led by its path.
+pub fn problems(error: &StartError) -> Vec<String> {
+    let issues = |issues: &[switchyard_core::ConfigIssue]| -> Vec<String> {
+        issues.iter().map(ToString::to_string).collect()
+    };
+    match error {
+        StartError::Config(config::ConfigLoadError::Invalid(list)) => issues(list),
+        StartError::Config(config::ConfigLoadError::Parse(list)) => list.clone(),
+        StartError::Manager(error) => issues(&error.issues),
+        other => vec![other.to_string()],
     }
 }
 
@@ -123,7 +169,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(config = %source, "starting switchyard");
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, source, args.listen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -132,9 +178,16 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
-async fn run(config: config::Config) -> Result<(), StartError> {
+async fn run(
+    config: config::Config,
+    source: ConfigSource,
+    listen_override: Option<SocketAddr>,
+) -> Result<(), StartError> {
     let listen = config.server.listen;
-    let gateway = Gateway::new(config)?;
+    let mut gateway = Gateway::new(config)?.with_config_source(source);
+    if let Some(addr) = listen_override {
+        gateway = gateway.with_listen_override(addr);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| {
@@ -170,6 +223,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["switchyard", "check-config"]).is_ok());
+        match Cli::try_parse_from(["switchyard", "check-config", "a.toml"])
+            .unwrap()
+            .command
+        {
+            Some(Command::CheckConfig(args)) => {
+                assert_eq!(args.path, Some(PathBuf::from("a.toml")))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["switchyard", "check-config", "a.toml", "--config", "b.toml"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["switchyard", "--listen", "nope"]).is_err());
     }
 }

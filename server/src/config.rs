@@ -49,11 +49,15 @@ pub struct ServerConfig {
     /// Environment variable holding client API keys, comma-separated (default `SWITCHYARD_API_KEYS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys_env: Option<String>,
-    /// Requests per minute per client key (parsed and kept; enforced in a later version).
+    /// Requests per minute per client key, evenly spaced (see [`crate::limits`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_rpm_limit: Option<u32>,
     /// Environment variables admin-added providers may name as `api_key_env`.
     pub dynamic_key_envs: Vec<String>,
+    /// Hosts admin-added providers may use as `base_url` (`api.example.com`,
+    /// `*.example.com`); any host the other rules allow when empty (SPEC §16).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream_allowlist: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Allow a non-loopback listen address without client keys.
@@ -63,6 +67,10 @@ pub struct ServerConfig {
     /// How long in-flight requests (streams included) may take to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `[server.cache]`: the opt-in exact-match response cache.
+    pub cache: crate::cache::CacheConfig,
+    /// `[server.otel]`: OpenTelemetry export.
+    pub otel: crate::otel::OtelConfig,
 }
 
 impl Default for ServerConfig {
@@ -74,10 +82,13 @@ impl Default for ServerConfig {
             api_keys_env: None,
             client_rpm_limit: None,
             dynamic_key_envs: Vec::new(),
+            upstream_allowlist: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             allow_open_proxy: false,
             log_bodies: false,
             shutdown_timeout: Duration::from_secs(30),
+            cache: crate::cache::CacheConfig::default(),
+            otel: crate::otel::OtelConfig::default(),
         }
     }
 }
@@ -115,6 +126,12 @@ impl ServerConfig {
         if self.client_rpm_limit == Some(0) {
             push("client_rpm_limit", "must be at least 1 when set");
         }
+        for (field, message) in self.cache.issues() {
+            push(&format!("cache.{field}"), message);
+        }
+        for (field, message) in self.otel.issues() {
+            push(&format!("otel.{field}"), &message);
+        }
         if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             push("region", "must not be empty when set");
         }
@@ -137,6 +154,11 @@ impl ServerConfig {
                     "dynamic_key_envs",
                     &format!("'{name}' is not a valid environment variable name"),
                 );
+            }
+        }
+        for (i, host) in self.upstream_allowlist.iter().enumerate() {
+            if let Err(message) = crate::admin::policy::check_allowlist_entry(host) {
+                push(&format!("upstream_allowlist[{i}]"), &message);
             }
         }
     }
@@ -523,5 +545,29 @@ mod tests {
             config.gateway().manager.preferred_region.as_deref(),
             Some("eu")
         );
+    }
+
+    #[test]
+    fn cache_and_otel_sections_parse_and_are_checked() {
+        let config = Config::from_toml_str(&format!(
+            "{MINIMAL}\n[server]\nclient_rpm_limit = 60\n[server.cache]\nenabled = true\nttl = \"30s\"\nmax_entries = 5\n[server.otel]\nendpoint = \"http://127.0.0.1:4318\"\n"
+        ))
+        .unwrap();
+        assert!(config.server.cache.enabled);
+        assert_eq!(config.server.cache.ttl, Duration::from_secs(30));
+        assert_eq!(config.server.cache.max_entries, 5);
+        assert_eq!(
+            config.server.otel.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(config.server.otel.service_name, "switchyard");
+        let err = parse_err(&format!(
+            "{MINIMAL}\n[server.cache]\nttl = \"0s\"\nmax_entries = 0\n[server.otel]\nendpoint = \"nope\"\n"
+        ));
+        assert!(err.contains("server.cache.ttl"), "{err}");
+        assert!(err.contains("server.cache.max_entries"), "{err}");
+        assert!(err.contains("server.otel.endpoint"), "{err}");
+        let err = parse_err(&format!("{MINIMAL}\n[server.cache]\nenable = true\n"));
+        assert!(err.contains("server.cache.enable"), "{err}");
     }
 }

@@ -313,9 +313,20 @@ impl IntoResponse for ApiError {
 
 /// Replaces every configured secret (upstream keys, admin token, client
 /// keys) with `[redacted]` in text bound for a client or a log.
-#[derive(Clone, Debug, Default)]
+///
+/// Clones share one list, so secrets learnt at run time (admin-added
+/// providers, reloads: [`Redactor::add`]) reach every holder.
+#[derive(Clone, Default)]
 pub struct Redactor {
-    secrets: Vec<String>,
+    secrets: std::sync::Arc<parking_lot::RwLock<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("secrets", &self.secrets.read().len())
+            .finish()
+    }
 }
 
 impl Redactor {
@@ -324,21 +335,29 @@ impl Redactor {
 
     /// A redactor for these secrets.
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
-        let mut secrets: Vec<String> = secrets
-            .into_iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| s.len() >= Self::MIN_LEN)
-            .collect();
+        let redactor = Self::default();
+        redactor.add(secrets);
+        redactor
+    }
+
+    /// Adds secrets (shared with every clone).
+    pub fn add(&self, secrets: impl IntoIterator<Item = String>) {
+        let mut list = self.secrets.write();
+        list.extend(
+            secrets
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| s.len() >= Self::MIN_LEN),
+        );
         // Longest first, so a secret containing another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Self { secrets }
+        list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        list.dedup();
     }
 
     /// `text` with every secret replaced.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in &self.secrets {
+        for secret in self.secrets.read().iter() {
             if out.contains(secret.as_str()) {
                 out = out.replace(secret.as_str(), REDACTED);
             }

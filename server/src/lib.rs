@@ -16,6 +16,11 @@
 //! - [`auth`]: client keys, admin token, listen-address rules (SPEC §16).
 //! - [`sse`]: server-sent events out.
 //! - [`telemetry`]: tracing and the Prometheus metrics of SPEC §12.
+//! - [`limits`]: `client_rpm_limit`, per client key (SPEC §7).
+//! - [`cache`]: the opt-in exact-match response cache (SPEC §7).
+//! - [`otel`]: OpenTelemetry export of request and attempt spans (feature `otel`).
+//! - [`admin`]: the admin API of SPEC §11, its auth and the overlay of SPEC §10.
+//! - [`reload`]: config reload on file change, SIGHUP and `POST /admin/reload`.
 //! - [`cli`]: the command line of the binary.
 //!
 //! Run a gateway in-process (tests do this on `127.0.0.1:0`):
@@ -33,11 +38,16 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
+pub mod otel;
+pub mod reload;
 pub mod routes;
 pub mod sse;
 pub mod telemetry;
@@ -51,7 +61,7 @@ use tokio::net::TcpListener;
 
 use crate::app::AppState;
 use crate::auth::Credentials;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::error::Redactor;
 
 /// Reads an environment variable by name (the process environment, or a map in tests).
@@ -94,6 +104,11 @@ impl Gateway {
         let factory = DefaultProviderFactory::new().with_env_lookup(move |name| lookup(name));
         let credentials = Credentials::resolve(&config.server, &|name| env(name))
             .map_err(StartError::Security)?;
+        if config.server.client_rpm_limit.is_some() && !credentials.client_keys_required() {
+            tracing::warn!(
+                "server.client_rpm_limit is set but no client keys are configured (api_keys_env): it limits nobody"
+            );
+        }
         let mut secrets: Vec<String> = credentials.secrets().collect();
         for provider in &config.providers {
             if let Ok(Some(key)) = factory.api_key(provider) {
@@ -104,6 +119,7 @@ impl Gateway {
         if config.manager.enable_metrics {
             telemetry::register(&config.providers);
         }
+        let (file, kept_factory) = (config.clone(), factory.clone());
         let manager = ProviderManager::builder()
             .config(config.gateway())
             .factory(factory)
@@ -116,7 +132,22 @@ impl Gateway {
             Redactor::new(secrets),
             metrics,
         );
+        state.control.init(file, kept_factory);
         Ok(Self { state })
+    }
+
+    /// Reloads from `source` on file change, SIGHUP and `POST /admin/reload`
+    /// (`config` passed to [`Gateway::new`] should be what it held). The
+    /// embedded default cannot be reloaded.
+    pub fn with_config_source(self, source: ConfigSource) -> Self {
+        self.state.control.set_source(source);
+        self
+    }
+
+    /// `--listen` given on the command line: reloads keep it over the file's `server.listen`.
+    pub fn with_listen_override(self, listen: std::net::SocketAddr) -> Self {
+        self.state.control.set_listen_override(listen);
+        self
     }
 
     /// The provider manager.
@@ -138,7 +169,9 @@ impl Gateway {
     /// accepting and lets in-flight requests (streams included) finish
     /// within `server.shutdown_timeout`. Refuses a non-loopback listener
     /// without an admin token, or without client keys unless
-    /// `allow_open_proxy` (SPEC §16). Runs active health checks meanwhile.
+    /// `allow_open_proxy` (SPEC §16). Runs active health checks meanwhile,
+    /// and the reload triggers: SIGHUP, and the file watch when a config
+    /// file was given ([`Gateway::with_config_source`]).
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), StartError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -147,6 +180,8 @@ impl Gateway {
         auth::check_listen(addr, &self.state.server, &self.state.credentials)
             .map_err(StartError::Security)?;
         let _health = self.state.manager.start_health_checker();
+        let _reload = reload::start(&self.state);
+        let otel = otel::start_async(&self.state.server.otel).await;
         let state = self.state.clone();
         let drain = Arc::new(tokio::sync::Notify::new());
         let signal = {
@@ -155,6 +190,8 @@ impl Gateway {
             async move {
                 shutdown.await;
                 state.set_ready(false);
+                // Endless admin streams (/admin/events) end, so they do not hold the drain.
+                state.control.close_streams();
                 tracing::info!("shutting down: no new connections; draining in-flight requests");
                 drain.notify_one();
             }
@@ -179,6 +216,7 @@ impl Gateway {
                 tracing::warn!(timeout = ?limit, "shutdown timeout passed; dropping the requests still in flight");
             }
         }
+        otel::stop_async(otel).await;
         tracing::info!("switchyard stopped");
         Ok(())
     }

@@ -49,14 +49,25 @@ const SECONDS_BUCKETS: [f64; 16] = [
 
 /// Initialises logging to stderr: `RUST_LOG`, default `info`. Does nothing
 /// when a subscriber is already installed.
+///
+/// With the `otel` feature the subscriber also carries
+/// `crate::otel::layer()`, which exports spans (whatever `RUST_LOG` says)
+/// once [`crate::Gateway::serve`] has started an exporter.
 pub fn init_tracing() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(logs);
+    #[cfg(feature = "otel")]
+    let registry = registry.with(crate::otel::layer());
+    let _ = registry.try_init();
 }
 
 /// The process-wide Prometheus handle, installing the recorder on first
@@ -156,6 +167,18 @@ fn describe() {
         "User and system CPU time of the process."
     );
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
+    describe_counter!(
+        crate::cache::CACHE_HITS_TOTAL,
+        "Requests answered from the response cache."
+    );
+    describe_counter!(
+        crate::cache::CACHE_MISSES_TOTAL,
+        "Cacheable requests the response cache could not answer."
+    );
+    describe_counter!(
+        crate::limits::CLIENT_RATE_LIMITED_TOTAL,
+        "Requests refused by client_rpm_limit."
+    );
 }
 
 /// Registers every metric so that each name appears before any traffic:
@@ -166,6 +189,9 @@ pub fn register(providers: &[ProviderConfig]) {
         "switchyard_provider_switches_total",
         "switchyard_panic_selections_total",
         "switchyard_stream_malformed_events_total",
+        crate::cache::CACHE_HITS_TOTAL,
+        crate::cache::CACHE_MISSES_TOTAL,
+        crate::limits::CLIENT_RATE_LIMITED_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }

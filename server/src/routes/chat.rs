@@ -23,8 +23,8 @@ use switchyard_core::{ChatRequest, FailoverOptions, ManagedStream, Pricing, Requ
 use tracing::Instrument;
 
 use super::{
-    Answered, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
-    stream_error, success_headers, with_request_id,
+    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    report_usage, request_span, stream_error, success_headers, with_request_id,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, Shape};
@@ -37,13 +37,7 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let meta = RequestMeta::from_headers(&headers);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %meta.request_id,
-        endpoint = "chat.completions",
-        model = tracing::field::Empty,
-        stream = tracing::field::Empty,
-    );
+    let span = request_span("chat.completions", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)
 }
@@ -95,22 +89,22 @@ async fn unary(
     let upstream = recorder.upstream();
     let outcome = state
         .manager
-        .execute_with_failover(options, |attempt| {
+        .execute_with_failover(options, |mut attempt| {
             let mut request = request.clone();
             request.model.clone_from(&attempt.upstream_model);
             request.stream = false;
             let timer = upstream.clone();
-            let span = attempt_span(&attempt);
+            let span = attempt_span(&mut attempt);
             async move {
                 let _timing = timer.span();
                 let pricing = attempt.deployment.pricing();
                 let response = attempt.provider.chat(request, &attempt.ctx).await?;
                 if let Some(usage) = &response.usage {
-                    attempt.report_usage(usage);
+                    report_usage(&attempt, usage);
                 }
                 Ok((response, pricing))
             }
-            .instrument(span)
+            .in_attempt(span)
         })
         .await;
     match outcome {
@@ -146,7 +140,7 @@ async fn stream(
     let slot = Arc::clone(&pricing);
     let outcome = state
         .manager
-        .execute_stream_with_failover(options, move |attempt| {
+        .execute_stream_with_failover(options, move |mut attempt| {
             let mut request = request.clone();
             attempt.apply_resume(&mut request);
             request.model.clone_from(&attempt.upstream_model);
@@ -157,7 +151,7 @@ async fn stream(
                 .include_usage = true;
             *slot.lock() = attempt.deployment.pricing();
             let timer = upstream.clone();
-            let span = attempt_span(&attempt);
+            let span = attempt_span(&mut attempt);
             async move {
                 let timing = timer.span();
                 let stream = attempt.provider.chat_stream(request, &attempt.ctx).await?;
@@ -165,7 +159,7 @@ async fn stream(
                     Box::pin(UntilFirstItem::new(stream, timing));
                 Ok(timed)
             }
-            .instrument(span)
+            .in_attempt(span)
         })
         .await;
     match outcome {

@@ -10,8 +10,8 @@ use switchyard_core::{EmbeddingsRequest, RequestType};
 use tracing::Instrument;
 
 use super::{
-    Answered, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
-    success_headers, with_request_id,
+    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    report_usage, request_span, success_headers, with_request_id,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, Shape};
@@ -23,12 +23,7 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let meta = RequestMeta::from_headers(&headers);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %meta.request_id,
-        endpoint = "embeddings",
-        model = tracing::field::Empty,
-    );
+    let span = request_span("embeddings", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)
 }
@@ -66,21 +61,21 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
     let upstream = recorder.upstream();
     let outcome = state
         .manager
-        .execute_with_failover(options, |attempt| {
+        .execute_with_failover(options, |mut attempt| {
             let mut request = request.clone();
             request.model.clone_from(&attempt.upstream_model);
             let timer = upstream.clone();
-            let span = attempt_span(&attempt);
+            let span = attempt_span(&mut attempt);
             async move {
                 let _timing = timer.span();
                 let pricing = attempt.deployment.pricing();
                 let response = attempt.provider.embeddings(request, &attempt.ctx).await?;
                 if let Some(usage) = &response.usage {
-                    attempt.report_usage(usage);
+                    report_usage(&attempt, usage);
                 }
                 Ok((response, pricing))
             }
-            .instrument(span)
+            .in_attempt(span)
         })
         .await;
     match outcome {

@@ -37,8 +37,8 @@ use switchyard_providers::{
 use tracing::Instrument;
 
 use super::{
-    Answered, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
-    stream_error, success_headers, with_request_id,
+    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    report_usage, request_span, stream_error, success_headers, with_request_id,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, Shape};
@@ -51,14 +51,7 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let meta = RequestMeta::from_headers(&headers);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %meta.request_id,
-        endpoint = "messages",
-        model = tracing::field::Empty,
-        stream = tracing::field::Empty,
-        native_only = tracing::field::Empty,
-    );
+    let span = request_span("messages", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)
 }
@@ -239,11 +232,11 @@ async fn unary(
     let upstream = recorder.upstream();
     let outcome = state
         .manager
-        .execute_with_failover(options, |attempt| {
+        .execute_with_failover(options, |mut attempt| {
             let native = attempt.provider.capabilities().anthropic_native;
             let outgoing = outgoing(&prepared, native, &attempt.upstream_model, false);
             let timer = upstream.clone();
-            let span = attempt_span(&attempt);
+            let span = attempt_span(&mut attempt);
             async move {
                 let _timing = timer.span();
                 let pricing = attempt.deployment.pricing();
@@ -251,14 +244,14 @@ async fn unary(
                     Outgoing::Native(body) => {
                         let reply = attempt.provider.messages(body, &attempt.ctx).await?;
                         if let Some(usage) = anthropic_usage(reply.get("usage")) {
-                            attempt.report_usage(&usage);
+                            report_usage(&attempt, &usage);
                         }
                         Reply::Native(reply)
                     }
                     Outgoing::Chat(request) => {
                         let reply = attempt.provider.chat(*request, &attempt.ctx).await?;
                         if let Some(usage) = &reply.usage {
-                            attempt.report_usage(usage);
+                            report_usage(&attempt, usage);
                         }
                         Reply::Chat(reply)
                     }
@@ -266,7 +259,7 @@ async fn unary(
                 };
                 Ok((reply, pricing))
             }
-            .instrument(span)
+            .in_attempt(span)
         })
         .await;
     let ((reply, pricing), answered) = match outcome {
@@ -392,11 +385,11 @@ async fn stream_messages(
     let upstream = recorder.upstream();
     let outcome = state
         .manager
-        .execute_with_failover(options, |attempt| {
+        .execute_with_failover(options, |mut attempt| {
             let native = attempt.provider.capabilities().anthropic_native;
             let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
             let timer = upstream.clone();
-            let span = attempt_span(&attempt);
+            let span = attempt_span(&mut attempt);
             async move {
                 let _timing = timer.span();
                 let pricing = attempt.deployment.pricing();
@@ -412,7 +405,7 @@ async fn stream_messages(
                 };
                 Ok((opened, pricing, settle))
             }
-            .instrument(span)
+            .in_attempt(span)
         })
         .await;
     let ((opened, pricing, settle), answered) = match outcome {

@@ -11,7 +11,6 @@
 //!    `x-switchyard-*` headers ([`success_headers`]), recording metrics
 //!    through a [`Recorder`] that counts a dropped request as `cancelled`.
 
-pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
@@ -20,6 +19,7 @@ pub mod messages;
 pub mod metrics;
 pub mod models;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -172,16 +172,117 @@ pub fn options(
     options
 }
 
-/// The tracing span of one attempt, with structured fields.
-pub fn attempt_span(attempt: &Attempt) -> tracing::Span {
-    tracing::info_span!(
+/// The tracing span of one data-plane request (the parent of its attempt
+/// spans), child of the client's `traceparent` when OpenTelemetry export
+/// is on. [`Recorder`] fills `provider`, `status` and the token counts.
+pub fn request_span(endpoint: &'static str, meta: &RequestMeta) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "request",
+        request_id = %meta.request_id,
+        endpoint,
+        model = Empty,
+        stream = Empty,
+        native_only = Empty,
+        provider = Empty,
+        status = Empty,
+        prompt_tokens = Empty,
+        completion_tokens = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+    );
+    crate::otel::set_parent(&span, meta.traceparent.as_deref());
+    span
+}
+
+/// The tracing span of one attempt, with structured fields. With
+/// OpenTelemetry export on, the attempt's upstream call carries this span's
+/// context as `traceparent` (else the client's, unchanged). Run the call
+/// with [`InAttempt::in_attempt`] so the outcome is recorded on the span.
+pub fn attempt_span(attempt: &mut Attempt) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
         "attempt",
         provider = %attempt.provider_id,
         model = %attempt.model,
         upstream_model = %attempt.upstream_model,
         attempt = attempt.attempt_no,
         fallback = attempt.is_fallback,
-    )
+        status = Empty,
+        http.response.status_code = Empty,
+        prompt_tokens = Empty,
+        completion_tokens = Empty,
+        otel.kind = "client",
+        otel.status_code = Empty,
+    );
+    if let Some(traceparent) = crate::otel::traceparent(&span) {
+        attempt.ctx.traceparent = Some(traceparent);
+    }
+    span
+}
+
+/// Settles the provider's TPM limit with a non-stream answer's real usage
+/// and records the tokens on the current (attempt) span.
+pub fn report_usage(attempt: &Attempt, usage: &Usage) {
+    attempt.report_usage(usage);
+    let span = tracing::Span::current();
+    span.record("prompt_tokens", usage.prompt_tokens);
+    span.record("completion_tokens", usage.completion_tokens);
+}
+
+/// Runs an attempt's upstream call inside its span and records the outcome
+/// there: `status` is `ok` or the error kind (`abandoned` when the manager
+/// dropped the call: a timeout, or the client went away).
+pub trait InAttempt<T>: Future<Output = Result<T, ProviderError>> + Sized {
+    /// The call, instrumented with `span`.
+    fn in_attempt(self, span: tracing::Span) -> impl Future<Output = Result<T, ProviderError>> {
+        let outcome = AttemptOutcome {
+            span: span.clone(),
+            done: false,
+        };
+        async move {
+            let mut outcome = outcome;
+            let result = tracing::Instrument::instrument(self, span).await;
+            outcome.record(&result);
+            result
+        }
+    }
+}
+
+impl<T, F: Future<Output = Result<T, ProviderError>>> InAttempt<T> for F {}
+
+/// Records an attempt's outcome on its span, `abandoned` if dropped first.
+struct AttemptOutcome {
+    span: tracing::Span,
+    done: bool,
+}
+
+impl AttemptOutcome {
+    fn record<T>(&mut self, result: &Result<T, ProviderError>) {
+        self.done = true;
+        match result {
+            Ok(_) => {
+                self.span.record("status", "ok");
+                self.span.record("http.response.status_code", 200);
+            }
+            Err(error) => {
+                self.span.record("status", error.kind());
+                if let Some(status) = error.status() {
+                    self.span.record("http.response.status_code", status);
+                }
+                self.span.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+}
+
+impl Drop for AttemptOutcome {
+    fn drop(&mut self) {
+        if !self.done {
+            self.span.record("status", "abandoned");
+            self.span.record("otel.status_code", "ERROR");
+        }
+    }
 }
 
 /// The error sent in-band when a stream fails after content was sent: it
@@ -308,6 +409,8 @@ pub struct Recorder {
     pricing: Pricing,
     endpoint: &'static str,
     request_id: String,
+    /// The request span (current when the recorder starts): gets `provider`, `status` and tokens.
+    span: tracing::Span,
     done: bool,
     enabled: bool,
 }
@@ -326,6 +429,7 @@ impl Recorder {
             pricing: Pricing::default(),
             endpoint,
             request_id: meta.request_id.clone(),
+            span: tracing::Span::current(),
             done: false,
             enabled: state.manager.options().enable_metrics,
         }
@@ -371,6 +475,16 @@ impl Recorder {
         }
         self.done = true;
         let total = self.started.elapsed();
+        self.span.record("provider", self.provider.as_str());
+        self.span.record("status", status);
+        if status != "200" {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        if let Some(usage) = &self.usage {
+            self.span.record("prompt_tokens", usage.prompt_tokens);
+            self.span
+                .record("completion_tokens", usage.completion_tokens);
+        }
         tracing::info!(
             request_id = %self.request_id,
             endpoint = self.endpoint,

@@ -673,3 +673,392 @@ pub async fn scrape(gw: &TestGateway) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Admin API and reload helpers
+// ---------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-admin-test-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits until `/readyz` answers 200 (the reload triggers are then in place).
+pub async fn wait_until_ready(gw: &TestGateway) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(response) = client().get(gw.url("/readyz")).send().await {
+            if response.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the gateway did not become ready");
+}
+
+/// Starts the gateway on the config file at `path` (loaded as the binary
+/// would), reloading from it; `env` is its whole secret environment.
+pub async fn gateway_from_file(path: &std::path::Path, env: &[(&str, &str)]) -> TestGateway {
+    use switchyard_server::config::{ConfigSource, load};
+    let source = ConfigSource::File(path.to_owned());
+    let config = load(&source).unwrap_or_else(|e| panic!("test config: {e}"));
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let gateway = Gateway::with_env(config, Arc::new(move |name: &str| env.get(name).cloned()))
+        .unwrap_or_else(|e| panic!("gateway: {e}"))
+        .with_config_source(source);
+    let manager = gateway.manager().clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    let gw = TestGateway {
+        addr,
+        manager,
+        shutdown: Some(tx),
+        task: Some(task),
+    };
+    wait_until_ready(&gw).await;
+    gw
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A live `/admin/events` stream, collected in the background.
+pub struct EventLog {
+    text: Arc<Mutex<String>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EventLog {
+    /// Subscribes to `url` (`.../admin/events[?recent=N]`), with `token` if given.
+    pub async fn open(url: &str, token: Option<&str>) -> Self {
+        use futures_util::StreamExt;
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let task = tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            while let Some(Ok(bytes)) = body.next().await {
+                sink.lock().push_str(&String::from_utf8_lossy(&bytes));
+            }
+        });
+        Self { text, task }
+    }
+
+    /// Everything received so far.
+    pub fn text(&self) -> String {
+        self.text.lock().clone()
+    }
+
+    /// `(event name, data)` of every complete message so far.
+    pub fn events(&self) -> Vec<(String, Value)> {
+        let text = self.text();
+        let complete = match text.rfind("\n\n") {
+            Some(end) => &text[..end + 2],
+            None => "",
+        };
+        complete
+            .split("\n\n")
+            .filter_map(|message| {
+                let name = message.lines().find_map(|l| l.strip_prefix("event: "))?;
+                let data: Vec<&str> = message
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                Some((
+                    name.to_owned(),
+                    serde_json::from_str(&data.join("\n")).unwrap_or(Value::Null),
+                ))
+            })
+            .collect()
+    }
+
+    /// The names of the events so far that are in `of`, in order.
+    pub fn names_among(&self, of: &[&str]) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| of.contains(&name.as_str()))
+            .collect()
+    }
+
+    /// Waits until an event named `name` whose data satisfies `pred` arrived.
+    pub async fn wait_for(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        eventually(Duration::from_secs(10), name, || {
+            let found = self
+                .events()
+                .into_iter()
+                .find(|(n, data)| n == name && pred(data))
+                .map(|(_, data)| data);
+            async move { found }
+        })
+        .await
+    }
+}
+
+/// An OpenAI-compatible upstream whose chat requests for the upstream
+/// model `held` wait until [`GatedUpstream::open`]; others answer at once
+/// with `Hello from <name>`. Counts requests and those in flight.
+pub struct GatedUpstream {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for GatedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Gate {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+async fn gated_chat(State(gate): State<Gate>, bytes: Bytes) -> Response {
+    let body = body_json(&bytes);
+    gate.hits.fetch_add(1, Ordering::SeqCst);
+    if body["model"] == "held" {
+        gate.in_flight.fetch_add(1, Ordering::SeqCst);
+        let mut open = gate.gate.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+        gate.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-gated", "object": "chat.completion", "created": 1, "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Hello from {}", gate.name)}, "finish_reason": "stop"}],
+        "usage": usage(),
+    }))
+    .into_response()
+}
+
+/// Starts a [`GatedUpstream`] answering as `name`.
+pub async fn gated_upstream(name: &str) -> GatedUpstream {
+    let (gate, _) = tokio::sync::watch::channel(false);
+    let state = Gate {
+        name: name.to_owned(),
+        hits: Arc::default(),
+        in_flight: Arc::default(),
+        gate: Arc::new(gate),
+    };
+    let router = Router::new()
+        .route("/v1/chat/completions", post(gated_chat))
+        .with_state(state.clone());
+    let (addr, task) = spawn(router).await;
+    GatedUpstream {
+        addr,
+        hits: state.hits,
+        in_flight: state.in_flight,
+        gate: state.gate,
+        task,
+    }
+}
+
+impl GatedUpstream {
+    /// `http://addr/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Chat requests received.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Held requests waiting now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held request (and later ones) answer.
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+/// A client of `/admin/*`, with the admin token when given.
+#[derive(Clone)]
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// For `gw`, without a token.
+    pub fn new(gw: &TestGateway) -> Self {
+        Self::at(&format!("http://{}", gw.addr), None)
+    }
+
+    /// For the gateway at `base` (`http://host:port`).
+    pub fn at(base: &str, token: Option<&str>) -> Self {
+        Self {
+            http: client(),
+            base: base.to_owned(),
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// A request to `path`, with the token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Status and body text.
+    pub async fn call_text(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, String) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Status and JSON body (`Null` when not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let (status, text) = self.call_text(method, path, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// The ids of `GET /admin/providers`.
+    pub async fn provider_ids(&self) -> Vec<String> {
+        let (status, body) = self.get("/admin/providers").await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A chat request to `model`: status and the provider that answered (`-` if none).
+pub async fn ask(http: &reqwest::Client, base: &str, model: &str) -> (u16, String) {
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat(model))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let provider = response
+        .headers()
+        .get("x-switchyard-provider")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let _ = response.bytes().await;
+    (status, provider)
+}
+
+/// A `[[providers]]` TOML entry for an OpenAI-compatible upstream serving
+/// `models` (`client name => upstream name`), no active health checks.
+pub fn toml_provider(id: &str, base_url: &str, models: &[(&str, &str)], extra: &str) -> String {
+    let mut out = format!(
+        "[[providers]]\nid = \"{id}\"\ntype = \"openai_compatible\"\nbase_url = \"{base_url}\"\nhealth_check = \"none\"\n{extra}\n"
+    );
+    for (name, upstream) in models {
+        out.push_str(&format!(
+            "[providers.models.\"{name}\"]\nupstream_name = \"{upstream}\"\n"
+        ));
+    }
+    out
+}
+
+/// The same provider as an admin JSON body.
+pub fn json_provider(id: &str, base_url: &str, models: &[(&str, &str)]) -> Value {
+    let models: serde_json::Map<String, Value> = models
+        .iter()
+        .map(|(name, upstream)| ((*name).to_owned(), json!({"upstream_name": upstream})))
+        .collect();
+    json!({
+        "id": id,
+        "type": "openai_compatible",
+        "base_url": base_url,
+        "health_check": "none",
+        "models": models,
+    })
+}

@@ -1,14 +1,18 @@
-//! The read-only admin route `GET /admin/stats` (SPEC §3 load stats as `{"data": [...]}`); the rest of the admin API comes later.
+//! Who may call `/admin/*` (SPEC §16): the admin token when one is configured, else loopback `Host`s only.
 //!
-//! Access (SPEC §16): `Authorization: Bearer <admin token>` when a token is
-//! configured (401 otherwise); with no token, only requests whose `Host`
-//! is loopback (403 otherwise).
+//! - With a token (the variable named by `server.admin_token_env`, default
+//!   `SWITCHYARD_ADMIN_TOKEN`): `Authorization: Bearer <token>`, compared in
+//!   constant time; without it or with a wrong one, 401
+//!   (`code: invalid_admin_token`).
+//! - Without a token: only requests whose `Host` is loopback (`localhost`,
+//!   `127.0.0.1`, `[::1]`, any port) are answered; others get 403
+//!   (`code: admin_loopback_only`). The server also refuses to listen on a
+//!   non-loopback address without a token.
 
-use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::AdminAccess;
@@ -39,10 +43,14 @@ pub fn refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-/// `GET /admin/stats`: one row per provider, least loaded first.
-pub async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(response) = refusal(&state, &headers) {
-        return response;
+/// Middleware: runs the admin route only for an allowed caller.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match refusal(&state, request.headers()) {
+        None => next.run(request).await,
+        Some(response) => response,
     }
-    Json(json!({ "data": state.manager.get_provider_load_stats() })).into_response()
 }
