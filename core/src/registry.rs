@@ -224,7 +224,7 @@ impl Deployment {
         {
             return Health::Unhealthy;
         }
-        self.state.health()
+        self.state.effective_health(now_ms)
     }
 
     /// SPEC §3 load: `100 × clamp(0.7 × utilization + 0.3 × latency_factor)`,

@@ -276,6 +276,7 @@ pub const SLOW_START_MS: u64 = 30_000;
 #[derive(Debug)]
 pub struct DeploymentState {
     health: AtomicU8,
+    degraded_until_ms: AtomicU64,
     circuit: AtomicU8,
     probe_taken: AtomicBool,
     ejected_until_ms: AtomicU64,
@@ -300,6 +301,7 @@ impl DeploymentState {
     pub fn new(now_ms: u64) -> Self {
         Self {
             health: AtomicU8::new(Health::Healthy.as_u8()),
+            degraded_until_ms: AtomicU64::new(0),
             circuit: AtomicU8::new(CircuitState::Closed.as_u8()),
             probe_taken: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
@@ -325,9 +327,32 @@ impl DeploymentState {
         Health::from_u8(self.health.load(RELAXED))
     }
 
-    /// Sets health; returns the previous value.
+    /// Sets health; returns the previous value. A health set this way does
+    /// not expire (operators and tests); see [`Self::degrade`].
     pub fn set_health(&self, health: Health) -> Health {
+        self.degraded_until_ms.store(0, RELAXED);
         Health::from_u8(self.health.swap(health.as_u8(), RELAXED))
+    }
+
+    /// Marks the deployment degraded by recent errors until `until_ms`
+    /// (extending, never shortening); returns the previous stored health.
+    pub fn degrade(&self, until_ms: u64) -> Health {
+        self.degraded_until_ms.fetch_max(until_ms, RELAXED);
+        Health::from_u8(self.health.swap(Health::Degraded.as_u8(), RELAXED))
+    }
+
+    /// Health as selection sees it at `now_ms`: "degraded" means *recent*
+    /// errors, so a degradation from errors ends when its hold does, and
+    /// the deployment gets traffic again (else one error would starve it
+    /// for good while a healthy peer exists).
+    pub fn effective_health(&self, now_ms: u64) -> Health {
+        let health = self.health();
+        let until = self.degraded_until_ms.load(RELAXED);
+        if health == Health::Degraded && until != 0 && now_ms >= until {
+            Health::Healthy
+        } else {
+            health
+        }
     }
 
     /// The stored circuit state (an `Open` circuit whose ejection ended is

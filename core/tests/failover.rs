@@ -844,3 +844,40 @@ fn attempts_and_switches_are_metrics() {
     );
     assert_eq!(counter("switchyard_provider_switches_total", &[]), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_deployment_beside_a_healthy_peer_is_degraded_retried_and_finally_ejected() {
+    let bad = ScriptedProvider::shared("from bad");
+    bad.always(Step::fail(err503()));
+    let good = ScriptedProvider::shared("from good");
+    let manager = manager_with(
+        options(),
+        &[("bad", &["m"], bad.clone()), ("good", &["m"], good)],
+    );
+    let state = manager.deployment_state("bad", "m").unwrap();
+    let mut served_by_bad_attempts = Vec::new();
+    // A request every second for 20 s: all answered by `good`.
+    for second in 0..20 {
+        let before = bad.generation_calls();
+        let result = run(&manager, "m").await.unwrap();
+        assert_eq!(result.provider_id, "good");
+        if bad.generation_calls() > before {
+            served_by_bad_attempts.push(second);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // Degraded for 5 s after each failure, so `bad` is tried at 0 s, 5 s
+    // and 10 s; the third failure opens its circuit (ejected 5 s, then a
+    // probe at 15 s fails and re-ejects it for 10 s).
+    assert_eq!(served_by_bad_attempts, [0, 5, 10, 15]);
+    assert_eq!(state.circuit(), CircuitState::Open);
+    // Healed: its probe succeeds and it takes traffic again.
+    bad.always(Step::ok());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut providers = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        providers.insert(run(&manager, "m").await.unwrap().provider_id);
+    }
+    assert!(providers.contains("bad"), "{providers:?}");
+    assert_eq!(state.circuit(), CircuitState::Closed);
+}

@@ -38,6 +38,10 @@ pub use health::HealthChecker;
 pub use resume::{Resume, ResumeMode};
 pub use select::SelectRequest;
 
+/// How long a breaker failure keeps a deployment degraded (behind healthy
+/// peers) before it gets traffic again.
+pub const DEGRADED_HOLD: Duration = Duration::from_secs(5);
+
 /// Decides whether a deployment may take one more request beyond the
 /// built-in concurrency caps (rate limits plug in here). Default: always.
 pub trait AdmissionControl: Send + Sync + 'static {
@@ -398,8 +402,20 @@ impl ManagerInner {
                 d.provider_id(),
                 Lifecycle::FaultDetected,
             );
-        } else if state.health() == Health::Healthy {
-            self.set_deployment_health(d, Health::Degraded);
+        } else {
+            let from = state.degrade(now_ms + millis(DEGRADED_HOLD));
+            if from != Health::Degraded {
+                self.emit(EventKind::ProviderHealthChanged {
+                    provider_id: d.provider_id().to_owned(),
+                    model: Some(d.model().to_owned()),
+                    from,
+                    to: Health::Degraded,
+                });
+                if self.metrics_on() {
+                    metrics::gauge!("switchyard_provider_health", "provider" => d.provider_id().to_owned())
+                        .set(Health::Degraded.gauge());
+                }
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::gateway::free_port;
 
 const MODEL: &str = "gpt-4o-mini";
-const TOTAL_STEPS: usize = 40;
+const TOTAL_STEPS: usize = 70;
 
 fn mock_a(fail: bool) -> Value {
     json!({
@@ -199,7 +199,10 @@ pub async fn run(server: &std::path::Path) -> Result<bool, String> {
     println!("\nPhase 2: mock-a starts failing every request (admin PUT /admin/providers/mock-a)");
     put_provider(&client, &base, &mock_a(true)).await?;
     let mut failed_over = false;
-    for _ in 0..10 {
+    // Each failure keeps mock-a degraded (behind mock-b) for 5 s; the third
+    // in a row, about 10 s in, opens its circuit.
+    let outage_ends = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < outage_ends {
         i += 1;
         let served = chat(&client, &base, i).await?;
         failed_over |= served.attempts > 1;
@@ -214,7 +217,7 @@ pub async fn run(server: &std::path::Path) -> Result<bool, String> {
             }
         ));
         drain_events(&events, &mut shown, &mut progress);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
 
     println!("\nPhase 3: mock-a is healed; its circuit's half-open probe brings it back");
