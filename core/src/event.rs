@@ -60,7 +60,7 @@ impl ProviderEvent {
             | CircuitClosed { provider_id, .. }
             | StreamResumed { provider_id, .. } => Some(provider_id),
             ProviderSwitch { to_provider, .. } => Some(to_provider),
-            ConfigReloaded { .. } | ConfigReloadFailed { .. } => None,
+            ConfigReloaded { .. } | ConfigReloadFailed { .. } | RouteUpdated { .. } => None,
         }
     }
 }
@@ -221,6 +221,13 @@ pub enum EventKind {
         /// Characters already delivered.
         resumed_after_chars: u64,
     },
+    /// A route (fallbacks, strategy, blue-green split ...) was set or removed.
+    RouteUpdated {
+        /// The route's model.
+        model: String,
+        /// Whether the route was removed.
+        removed: bool,
+    },
     /// A configuration reload was applied.
     ConfigReloaded {
         /// Providers added.
@@ -261,6 +268,7 @@ impl EventKind {
             CircuitHalfOpen { .. } => "circuit_half_open",
             CircuitClosed { .. } => "circuit_closed",
             StreamResumed { .. } => "stream_resumed",
+            RouteUpdated { .. } => "route_updated",
             ConfigReloaded { .. } => "config_reloaded",
             ConfigReloadFailed { .. } => "config_reload_failed",
         }

@@ -866,3 +866,37 @@ async fn load_stats_match_hand_computed_numbers() {
     drop(held);
     let _ = Arc::new(());
 }
+
+#[tokio::test(start_paused = true)]
+async fn changes_that_would_leave_a_route_dangling_are_refused_and_route_changes_are_events() {
+    let (builder, scripts) = builder_with(&[("a", &["m"]), ("b", &["fb"])]);
+    let manager = builder
+        .route(
+            "m",
+            RouteConfig {
+                fallbacks: vec!["fb".into()],
+                ..RouteConfig::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let err = manager.remove_provider("b").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("routes.\"m\".fallbacks: no provider serves fallback model 'fb'"),
+        "{err}"
+    );
+    let err = manager
+        .update_provider_instance(config("b", &["other"]), scripts[1].clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Config(_)), "{err}");
+    assert_eq!(manager.provider_ids(), ["a", "b"], "nothing changed");
+    let mut events = manager.events().subscribe();
+    manager.set_route("m", None).await.unwrap();
+    manager.remove_provider("b").await.unwrap();
+    let events = drain(&mut events);
+    assert!(
+        matches!(&events[0].kind, EventKind::RouteUpdated { model, removed: true } if model == "m")
+    );
+}

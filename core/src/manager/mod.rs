@@ -880,12 +880,13 @@ impl ProviderManager {
             .provider(id)
             .cloned()
             .ok_or_else(|| ManagerError::UnknownProvider { id: id.to_owned() })?;
-        let providers = current
+        let providers: Vec<Arc<ProviderEntry>> = current
             .providers
             .iter()
             .filter(|p| p.config.id != id)
             .cloned()
             .collect();
+        check_routes(&current.routes, &providers)?;
         self.swap(providers, Arc::clone(&current.routes), &current)?;
         self.inner
             .set_lifecycle(&entry.state, id, Lifecycle::Removed);
@@ -961,6 +962,7 @@ impl ProviderManager {
         if let Some(slot) = providers.get_mut(position) {
             *slot = Arc::clone(&entry);
         }
+        check_routes(&current.routes, &providers)?;
         self.swap(providers, Arc::clone(&current.routes), &current)?;
         self.inner.emit(EventKind::ProviderUpdated {
             provider_id: id.to_owned(),
@@ -1164,6 +1166,7 @@ impl ProviderManager {
         let _write = self.inner.write.lock().await;
         let current = self.inner.registry.load_full();
         let mut routes = (*current.routes).clone();
+        let removed = route.is_none();
         match route {
             Some(route) => routes.insert(model.to_owned(), route),
             None => routes.remove(model),
@@ -1179,6 +1182,10 @@ impl ProviderManager {
             return Err(ConfigError { issues }.into());
         }
         self.swap(current.providers.clone(), Arc::new(routes), &current)?;
+        self.inner.emit(EventKind::RouteUpdated {
+            model: model.to_owned(),
+            removed,
+        });
         Ok(())
     }
 
@@ -1391,6 +1398,25 @@ impl ProviderManager {
             }
         }
         rows
+    }
+}
+
+/// Refuses a provider set under which a route would dangle (a fallback no
+/// provider serves, a blue-green set naming a missing provider).
+fn check_routes(
+    routes: &BTreeMap<String, RouteConfig>,
+    providers: &[Arc<ProviderEntry>],
+) -> Result<(), ConfigError> {
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let configs: Vec<ProviderConfig> = providers.iter().map(|p| (*p.config).clone()).collect();
+    let mut issues = Vec::new();
+    validate_routes(routes, &configs, &mut issues);
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { issues })
     }
 }
 
