@@ -9,13 +9,17 @@
 //! translated back. A request using Anthropic-only features (or one that
 //! does not translate) routes only to native deployments.
 //!
-//! Streams run through `execute_with_failover` with an `op` that opens the
-//! stream and reads up to the first content event before returning, so
-//! failures before content fail over invisibly and headers are committed
-//! only then. Errors use the Anthropic shape, also in-band (`event: error`,
+//! Streams run through `execute_raw_stream_with_failover`: native attempts
+//! return the upstream's events, translated ones their chunks through
+//! `ChunksToAnthropic`, so one failover run mixes both. It returns at the
+//! first content event, so failures before content fail over invisibly and
+//! headers are committed only then; the attempt's outcome is recorded when
+//! the stream ends, so a cut after content counts against the deployment. Errors use the Anthropic shape, also in-band (`event: error`,
 //! and never a `message_stop` after it).
 
-use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -27,8 +31,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
-    ChatChunk, ChatRequest, ChatResponse, ChatStream, ManagerError, ProviderError, RawEvent,
-    RawEventStream, RequestType, Usage,
+    ChatRequest, ChatResponse, ChatStream, ManagerError, ProviderError, RawEvent, RawEventStream,
+    RequestType, Usage,
 };
 use switchyard_providers::{
     ChunksToAnthropic, TranslationError, anthropic_request_to_chat, chat_response_to_anthropic,
@@ -295,18 +299,6 @@ fn anthropic_usage(usage: Option<&Value>) -> Option<Usage> {
     Some(Usage::new(input, get("output_tokens")))
 }
 
-/// A stream opened up to its first content.
-enum Opened {
-    Native {
-        prefix: VecDeque<RawEvent>,
-        rest: Option<RawEventStream>,
-    },
-    Translated {
-        prefix: VecDeque<ChatChunk>,
-        rest: Option<ChatStream>,
-    },
-}
-
 fn event_name(event: &RawEvent) -> String {
     event.event.clone().unwrap_or_else(|| {
         serde_json::from_str::<Value>(&event.data)
@@ -325,55 +317,36 @@ fn is_content_event(event: &RawEvent) -> bool {
     )
 }
 
-async fn open_native(
-    provider: &dyn switchyard_core::Provider,
-    body: Value,
+/// An OpenAI-format stream as Anthropic events: the chunks (with core's
+/// first-token, idle and completeness rules applied) through the translator,
+/// whose closing events follow a clean end; an error item passes through.
+fn translated_events(
+    stream: ChatStream,
     ctx: &switchyard_core::CallContext,
-) -> Result<Opened, ProviderError> {
-    let mut stream = provider.messages_stream(body, ctx).await?;
-    let mut prefix = VecDeque::new();
-    loop {
-        match stream.next().await {
-            Some(Ok(event)) => {
-                let started = is_content_event(&event);
-                prefix.push_back(event);
-                if started {
-                    return Ok(Opened::Native {
-                        prefix,
-                        rest: Some(stream),
-                    });
+    model: String,
+) -> RawEventStream {
+    let chunks = TimedStream::boxed(stream, ctx);
+    let state = (chunks, ChunksToAnthropic::new(model), false);
+    Box::pin(
+        futures_util::stream::unfold(state, |(mut chunks, mut translator, done)| async move {
+            if done {
+                return None;
+            }
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let events: Vec<Result<RawEvent, ProviderError>> =
+                        translator.on_chunk(&chunk).into_iter().map(Ok).collect();
+                    Some((events, (chunks, translator, false)))
+                }
+                Some(Err(error)) => Some((vec![Err(error)], (chunks, translator, true))),
+                None => {
+                    let events = translator.finish().into_iter().map(Ok).collect();
+                    Some((events, (chunks, translator, true)))
                 }
             }
-            Some(Err(error)) => return Err(error),
-            None => return Ok(Opened::Native { prefix, rest: None }),
-        }
-    }
-}
-
-async fn open_translated(
-    provider: &dyn switchyard_core::Provider,
-    request: ChatRequest,
-    ctx: &switchyard_core::CallContext,
-) -> Result<Opened, ProviderError> {
-    let stream = provider.chat_stream(request, ctx).await?;
-    let mut stream = TimedStream::boxed(stream, ctx);
-    let mut prefix = VecDeque::new();
-    loop {
-        match stream.next().await {
-            Some(Ok(chunk)) => {
-                let started = chunk.has_content() || chunk.finish_reason().is_some();
-                prefix.push_back(chunk);
-                if started {
-                    return Ok(Opened::Translated {
-                        prefix,
-                        rest: Some(stream),
-                    });
-                }
-            }
-            Some(Err(error)) => return Err(error),
-            None => return Ok(Opened::Translated { prefix, rest: None }),
-        }
-    }
+        })
+        .flat_map(futures_util::stream::iter),
+    )
 }
 
 async fn stream_messages(
@@ -383,33 +356,48 @@ async fn stream_messages(
     mut recorder: Recorder,
 ) -> Response {
     let upstream = recorder.upstream();
+    // The attempt that answered, to settle its TPM reservation at the end.
+    let answering = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&answering);
     let outcome = state
         .manager
-        .execute_with_failover(options, |mut attempt| {
-            let native = attempt.provider.capabilities().anthropic_native;
-            let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
-            let timer = upstream.clone();
-            let span = attempt_span(&mut attempt);
-            async move {
-                let _timing = timer.span();
-                let pricing = attempt.deployment.pricing();
-                let settle = attempt.clone();
-                let opened = match outgoing {
-                    Outgoing::Native(body) => {
-                        open_native(attempt.provider.as_ref(), body, &attempt.ctx).await?
+        .execute_raw_stream_with_failover(
+            options,
+            |mut attempt| {
+                let native = attempt.provider.capabilities().anthropic_native;
+                let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
+                let timer = upstream.clone();
+                let span = attempt_span(&mut attempt);
+                *slot.lock() = Some(attempt.clone());
+                async move {
+                    let _timing = timer.span();
+                    match outgoing {
+                        Outgoing::Native(body) => {
+                            attempt.provider.messages_stream(body, &attempt.ctx).await
+                        }
+                        Outgoing::Chat(request) => {
+                            let stream =
+                                attempt.provider.chat_stream(*request, &attempt.ctx).await?;
+                            Ok(translated_events(
+                                stream,
+                                &attempt.ctx,
+                                attempt.model.clone(),
+                            ))
+                        }
+                        Outgoing::Untranslatable(error) => Err(error.into_provider_error()),
                     }
-                    Outgoing::Chat(request) => {
-                        open_translated(attempt.provider.as_ref(), *request, &attempt.ctx).await?
-                    }
-                    Outgoing::Untranslatable(error) => return Err(error.into_provider_error()),
-                };
-                Ok((opened, pricing, settle))
-            }
-            .in_attempt(span)
-        })
+                }
+                .in_attempt(span)
+            },
+            is_content_event,
+        )
         .await;
-    let ((opened, pricing, settle), answered) = match outcome {
-        Ok(result) => Answered::split(result),
+    let (events, answered, pricing) = match outcome {
+        Ok(result) => {
+            let pricing = result.deployment.pricing();
+            let (events, answered) = Answered::split(result);
+            (events, answered, pricing)
+        }
         Err(error) => {
             let api = error_for(&state, &prepared, &error);
             return fail(recorder, api);
@@ -417,20 +405,13 @@ async fn stream_messages(
     };
     recorder.answered_by(&answered.provider_id, &answered.model, pricing);
     recorder.first_token();
-    let source = match opened {
-        Opened::Native { prefix, rest } => Source::Native { prefix, rest },
-        Opened::Translated { prefix, rest } => Source::Translated {
-            prefix,
-            rest,
-            translator: ChunksToAnthropic::new(answered.model.clone()),
-        },
-    };
+    let settle = answering.lock().take();
     let events = MessageEvents {
-        source,
+        events,
         answered: answered.clone(),
         recorder: Some(recorder),
         usage: Usage::default(),
-        settle: Some(settle),
+        settle,
         finished: false,
     };
     let mut response = sse::response(events.into_stream());
@@ -438,21 +419,9 @@ async fn stream_messages(
     response
 }
 
-enum Source {
-    Native {
-        prefix: VecDeque<RawEvent>,
-        rest: Option<RawEventStream>,
-    },
-    Translated {
-        prefix: VecDeque<ChatChunk>,
-        rest: Option<ChatStream>,
-        translator: ChunksToAnthropic,
-    },
-}
-
 /// The SSE events of one `/v1/messages` stream.
 struct MessageEvents {
-    source: Source,
+    events: RawEventStream,
     answered: Answered,
     /// Dropped with the stream when the client goes away: recorded `cancelled`.
     recorder: Option<Recorder>,
@@ -483,8 +452,9 @@ impl MessageEvents {
     }
 
     fn failed(&mut self, error: &ProviderError) -> String {
-        // Stream resumption (SPEC §5) plugs in here; until then an explicit
-        // error event ends the stream, with no message_stop after it.
+        // Native streams are not resumed: an explicit error event ends the
+        // stream, with no message_stop after it (never a truncated stream
+        // that looks complete).
         tracing::warn!(
             provider = %self.answered.provider_id,
             model = %self.answered.model,
@@ -502,56 +472,12 @@ impl MessageEvents {
         if self.finished {
             return None;
         }
-        loop {
-            match &mut self.source {
-                Source::Native { prefix, rest } => {
-                    let item = match prefix.pop_front() {
-                        Some(event) => Some(Ok(event)),
-                        None => match rest {
-                            Some(rest) => rest.next().await,
-                            None => None,
-                        },
-                    };
-                    match item {
-                        Some(Ok(event)) => return Some(self.native_event(event)),
-                        Some(Err(error)) => return Some(self.failed(&error)),
-                        None => {
-                            self.finish("200");
-                            return None;
-                        }
-                    }
-                }
-                Source::Translated {
-                    prefix,
-                    rest,
-                    translator,
-                } => {
-                    let item = match prefix.pop_front() {
-                        Some(chunk) => Some(Ok(chunk)),
-                        None => match rest {
-                            Some(rest) => rest.next().await,
-                            None => None,
-                        },
-                    };
-                    match item {
-                        Some(Ok(chunk)) => {
-                            if let Some(usage) = &chunk.usage {
-                                self.usage = usage.clone();
-                            }
-                            let text = frame(translator.on_chunk(&chunk));
-                            if text.is_empty() {
-                                continue;
-                            }
-                            return Some(text);
-                        }
-                        Some(Err(error)) => return Some(self.failed(&error)),
-                        None => {
-                            let text = frame(translator.finish());
-                            self.finish("200");
-                            return Some(text);
-                        }
-                    }
-                }
+        match self.events.next().await {
+            Some(Ok(event)) => Some(self.native_event(event)),
+            Some(Err(error)) => Some(self.failed(&error)),
+            None => {
+                self.finish("200");
+                None
             }
         }
     }
@@ -582,13 +508,6 @@ impl MessageEvents {
         }
         sse::event(event.event.as_deref(), &event.data)
     }
-}
-
-fn frame(events: Vec<RawEvent>) -> String {
-    events
-        .iter()
-        .map(|e| sse::event(e.event.as_deref(), &e.data))
-        .collect()
 }
 
 #[cfg(test)]
