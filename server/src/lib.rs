@@ -180,6 +180,7 @@ impl Gateway {
         auth::check_listen(addr, &self.state.server, &self.state.credentials)
             .map_err(StartError::Security)?;
         let _health = self.state.manager.start_health_checker();
+        let _upkeep = telemetry::start_upkeep();
         let _reload = reload::start(&self.state);
         let otel = otel::start_async(&self.state.server.otel).await;
         let state = self.state.clone();

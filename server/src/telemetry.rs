@@ -230,6 +230,32 @@ pub fn register(providers: &[ProviderConfig]) {
     update_process_metrics();
 }
 
+/// Drains the Prometheus recorder's histogram samples every 5 s. The
+/// exporter keeps raw samples until upkeep (or a scrape) folds them into
+/// buckets, so without this a gateway nobody scrapes grows without bound.
+/// The task stops when the returned guard is dropped.
+pub fn start_upkeep() -> Option<UpkeepGuard> {
+    let handle = prometheus()?;
+    let task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    Some(UpkeepGuard(task))
+}
+
+/// Stops the upkeep task when dropped.
+#[derive(Debug)]
+pub struct UpkeepGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for UpkeepGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Updates process CPU and RSS from `/proc/self` (no-op where absent).
 pub fn update_process_metrics() {
     if let Some(cpu) = process_cpu_seconds() {
