@@ -10,11 +10,11 @@ use switchyard_core::{CompletionRequest, RequestType};
 use tracing::Instrument;
 
 use super::{
-    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
+    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request,
     report_usage, request_span, success_headers, with_request_id,
 };
 use crate::app::AppState;
-use crate::error::{ApiError, Shape};
+use crate::error::ApiError;
 
 /// The handler.
 pub async fn handle(
@@ -30,23 +30,11 @@ pub async fn handle(
 
 async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
     let mut recorder = Recorder::start(&state, "completions", meta);
-    let bytes = match read_body(body, state.server.max_body_bytes, Shape::OpenAi) {
-        Ok(bytes) => bytes,
-        Err(error) => return fail(recorder, error),
-    };
-    if state.server.log_bodies {
-        tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
-    }
-    let request: CompletionRequest = match parse_json(&bytes) {
-        Ok(request) => request,
-        Err(error) => return fail(recorder, error),
-    };
-    if request.model.trim().is_empty() {
-        return fail(
-            recorder,
-            ApiError::invalid_request("You must provide a model parameter.").with_param("model"),
-        );
-    }
+    let request: CompletionRequest =
+        match parse_request(&state, body, |r: &CompletionRequest| &r.model) {
+            Ok(request) => request,
+            Err(error) => return fail(recorder, error),
+        };
     if request.stream {
         return fail(
             recorder,

@@ -341,6 +341,26 @@ impl Answered {
     }
 }
 
+/// Reads an OpenAI-shaped body (within `max_body_bytes`), logs it only
+/// when `log_bodies` is on, parses it, and checks that it names a model.
+pub fn parse_request<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    model_of: impl Fn(&T) -> &str,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, state.server.max_body_bytes, Shape::OpenAi)?;
+    if state.server.log_bodies {
+        tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
+    }
+    let request: T = parse_json(&bytes)?;
+    if model_of(&request).trim().is_empty() {
+        return Err(
+            ApiError::invalid_request("You must provide a model parameter.").with_param("model"),
+        );
+    }
+    Ok(request)
+}
+
 /// `x-switchyard-provider`, `-model` and `-attempts` of a success.
 pub fn success_headers(response: &mut Response, answered: &Answered) {
     let headers = response.headers_mut();
