@@ -11,12 +11,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use switchyard_core::{ChatRequest, FailoverOptions, ManagedStream, Pricing, RequestType};
@@ -24,7 +23,7 @@ use tracing::Instrument;
 
 use super::{
     Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request,
-    report_usage, request_span, stream_error, success_headers, with_request_id,
+    report_usage, request_span, respond, stream_error, success_headers, with_request_id,
 };
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -71,7 +70,7 @@ async fn unary(
     state: AppState,
     request: ChatRequest,
     options: FailoverOptions,
-    mut recorder: Recorder,
+    recorder: Recorder,
 ) -> Response {
     let upstream = recorder.upstream();
     let outcome = state
@@ -94,21 +93,7 @@ async fn unary(
             .in_attempt(span)
         })
         .await;
-    match outcome {
-        Ok(result) => {
-            let ((mut body, pricing), answered) = Answered::split(result);
-            body.model.clone_from(&answered.model);
-            recorder.answered_by(&answered.provider_id, &answered.model, pricing);
-            if let Some(usage) = &body.usage {
-                recorder.usage(usage);
-            }
-            let mut response = Json(body).into_response();
-            success_headers(&mut response, &answered);
-            recorder.finish("200");
-            response
-        }
-        Err(error) => fail(recorder, ApiError::from_manager(&error, &state.redactor)),
-    }
+    respond(&state, recorder, outcome)
 }
 
 async fn stream(

@@ -1,20 +1,18 @@
 //! `POST /v1/embeddings`: one failover run; the response's `model` names the client-facing model that answered.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use switchyard_core::{EmbeddingsRequest, RequestType};
 use tracing::Instrument;
 
 use super::{
-    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request,
-    report_usage, request_span, success_headers, with_request_id,
+    InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request, report_usage,
+    request_span, respond, with_request_id,
 };
 use crate::app::AppState;
-use crate::error::ApiError;
 
 /// The handler.
 pub async fn handle(
@@ -66,19 +64,5 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
             .in_attempt(span)
         })
         .await;
-    match outcome {
-        Ok(result) => {
-            let ((mut body, pricing), answered) = Answered::split(result);
-            body.model.clone_from(&answered.model);
-            recorder.answered_by(&answered.provider_id, &answered.model, pricing);
-            if let Some(usage) = &body.usage {
-                recorder.usage(usage);
-            }
-            let mut response = Json(body).into_response();
-            success_headers(&mut response, &answered);
-            recorder.finish("200");
-            response
-        }
-        Err(error) => fail(recorder, ApiError::from_manager(&error, &state.redactor)),
-    }
+    respond(&state, recorder, outcome)
 }

@@ -361,6 +361,57 @@ pub fn parse_request<T: DeserializeOwned>(
     Ok(request)
 }
 
+/// A non-stream answer the gateway relabels and meters.
+pub trait Answer: serde::Serialize {
+    /// The `model` field, set to the client-facing model that answered.
+    fn model_mut(&mut self) -> &mut String;
+    /// The upstream's usage, if reported.
+    fn usage(&self) -> Option<&Usage>;
+}
+
+macro_rules! answer {
+    ($($ty:ty),*) => {$(
+        impl Answer for $ty {
+            fn model_mut(&mut self) -> &mut String {
+                &mut self.model
+            }
+            fn usage(&self) -> Option<&Usage> {
+                self.usage.as_ref()
+            }
+        }
+    )*};
+}
+
+answer!(
+    switchyard_core::ChatResponse,
+    switchyard_core::CompletionResponse,
+    switchyard_core::EmbeddingsResponse
+);
+
+/// The response to a non-stream failover run: the body relabelled with the
+/// model that answered, the §5 headers, the request metered; or the error.
+pub fn respond<T: Answer>(
+    state: &AppState,
+    mut recorder: Recorder,
+    outcome: Result<FailoverResult<(T, Pricing)>, switchyard_core::ManagerError>,
+) -> Response {
+    match outcome {
+        Ok(result) => {
+            let ((mut body, pricing), answered) = Answered::split(result);
+            body.model_mut().clone_from(&answered.model);
+            recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+            if let Some(usage) = body.usage() {
+                recorder.usage(usage);
+            }
+            let mut response = axum::Json(body).into_response();
+            success_headers(&mut response, &answered);
+            recorder.finish("200");
+            response
+        }
+        Err(error) => fail(recorder, ApiError::from_manager(&error, &state.redactor)),
+    }
+}
+
 /// `x-switchyard-provider`, `-model` and `-attempts` of a success.
 pub fn success_headers(response: &mut Response, answered: &Answered) {
     let headers = response.headers_mut();
