@@ -1479,11 +1479,14 @@ impl AnthropicProvider {
         &self,
         body: &Value,
         ctx: &CallContext,
-    ) -> std::result::Result<(reqwest::Response, CallContext), ProviderError> {
+    ) -> std::result::Result<(crate::client::UpstreamResponse, CallContext), ProviderError> {
         let builder = self
             .http
             .post_json("/messages", Self::body(body)?, ctx)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+            .header(
+                ::http::header::ACCEPT,
+                ::http::HeaderValue::from_static("text/event-stream"),
+            );
         open_stream(&self.http, builder, ctx).await
     }
 }
@@ -1604,7 +1607,7 @@ impl Provider for AnthropicProvider {
     ) -> std::result::Result<Vec<ModelInfo>, ProviderError> {
         let request = self
             .http
-            .request(reqwest::Method::GET, "/models?limit=1000", ctx);
+            .request(::http::Method::GET, "/models?limit=1000", ctx);
         let bytes = self
             .http
             .send_and_read(request, ctx, ctx.response_timeout, TimeoutPhase::Response)

@@ -2,13 +2,16 @@
 //!
 //! Types: `openai`, `openai_compatible`, `anthropic`, `mock`. The API key
 //! comes from `api_key` (inline) or the environment variable named by
-//! `api_key_env`; errors name the variable, never a value. Each provider
-//! gets its own pooled HTTP client ([`HttpOptions`]).
+//! `api_key_env`; errors name the variable, never a value. Every provider a
+//! factory builds shares one pooled HTTP client ([`HttpOptions`]): pools
+//! are keyed by host, so providers on the same upstream reuse each other's
+//! connections (as an nginx `upstream` block does), and TLS roots are
+//! loaded once instead of once per provider.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use reqwest::header::{HeaderName, HeaderValue};
+use ::http::header::{HeaderName, HeaderValue};
 use switchyard_core::{ConfigError, Provider, ProviderConfig, ProviderFactory, Secret};
 
 use crate::anthropic::AnthropicProvider;
@@ -28,6 +31,7 @@ type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 #[derive(Clone)]
 pub struct DefaultProviderFactory {
     http: HttpOptions,
+    client: Arc<OnceLock<crate::client::HttpClient>>,
     env: Arc<EnvLookup>,
 }
 
@@ -50,6 +54,7 @@ impl DefaultProviderFactory {
     pub fn new() -> Self {
         Self {
             http: HttpOptions::default(),
+            client: Arc::new(OnceLock::new()),
             env: Arc::new(|name| std::env::var(name).ok()),
         }
     }
@@ -57,6 +62,7 @@ impl DefaultProviderFactory {
     /// Uses these connection-pool settings.
     pub fn with_http_options(mut self, http: HttpOptions) -> Self {
         self.http = http;
+        self.client = Arc::new(OnceLock::new());
         self
     }
 
@@ -87,6 +93,15 @@ impl DefaultProviderFactory {
         }
     }
 
+    /// The shared client, built on first use.
+    fn client(&self) -> Result<crate::client::HttpClient, ConfigError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client.clone());
+        }
+        let client = build_client(&self.http)?;
+        Ok(self.client.get_or_init(|| client).clone())
+    }
+
     fn upstream(
         &self,
         config: &ProviderConfig,
@@ -110,7 +125,7 @@ impl DefaultProviderFactory {
                 ),
             ));
         }
-        let client = build_client(&self.http)?;
+        let client = self.client()?;
         Upstream::new(&config.id, base, client, auth, key, &config.headers)
     }
 }

@@ -3,7 +3,8 @@
 //! - [`HttpOptions`] / [`build_client`]: keep-alive pool with idle cleanup,
 //!   a per-host idle cap, connect timeout, TCP keep-alive, HTTP/1.1 and
 //!   HTTP/2 (ALPN over TLS), and **no redirects followed** (SPEC §7): a 3xx
-//!   is a protocol error, never a silent hop to another host.
+//!   is a protocol error, never a silent hop to another host. The client
+//!   itself is in [`crate::client`].
 //! - [`Upstream`]: one provider's client, base URL, credentials (sent as
 //!   sensitive header values, never logged) and extra headers, plus the
 //!   calls adapters make. Per-request timeouts come from the manager's
@@ -13,18 +14,22 @@
 //!   `x-ratelimit-*` / `anthropic-ratelimit-*` reset headers become a
 //!   classified [`ProviderError`]; the configured key is redacted from
 //!   every message.
-//! - [`transport_error`]: reqwest failures become `Connect` (refused, DNS,
+//! - [`transport_error`]: transport failures become `Connect` (refused, DNS,
 //!   TLS), `Reset` (closed or reset before a response) or a timeout.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http::{Method, Uri};
 use switchyard_core::config::REDACTED;
 use switchyard_core::{
     CallContext, ConfigError, ProviderError, Secret, TimeoutPhase, UpstreamCategory, UpstreamError,
 };
 
+use crate::client::{
+    ClientSettings, HttpClient, TransportError, UpstreamRequest, UpstreamResponse,
+};
 use crate::wire::ErrorFields;
 
 /// Connection-pool settings shared by every provider a factory builds.
@@ -52,18 +57,17 @@ impl Default for HttpOptions {
 }
 
 /// Builds one provider's pooled client. Redirects are never followed.
-pub fn build_client(options: &HttpOptions) -> Result<reqwest::Client, ConfigError> {
-    reqwest::Client::builder()
-        .connect_timeout(options.connect_timeout)
-        .pool_idle_timeout(options.pool_idle_timeout)
-        .pool_max_idle_per_host(options.pool_max_idle_per_host)
-        .tcp_keepalive(options.tcp_keepalive)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| ConfigError::single("type", format!("cannot build an HTTP client: {e}")))
+pub fn build_client(options: &HttpOptions) -> Result<HttpClient, ConfigError> {
+    crate::client::build(ClientSettings {
+        connect_timeout: options.connect_timeout,
+        pool_idle_timeout: options.pool_idle_timeout,
+        pool_max_idle_per_host: options.pool_max_idle_per_host,
+        tcp_keepalive: options.tcp_keepalive,
+    })
 }
+
+/// Sent as `User-Agent` on every upstream request.
+const SWITCHYARD_USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
 
 /// Replaces every occurrence of the secret in `text` with `[redacted]`.
 pub fn redact(text: &str, secret: Option<&Secret>) -> String {
@@ -79,8 +83,8 @@ pub struct Upstream {
     provider_id: String,
     base_url: String,
     // Parsed once: parsing a URL string per request cost ~20k instructions.
-    endpoints: Vec<(&'static str, reqwest::Url)>,
-    client: reqwest::Client,
+    endpoints: Vec<(&'static str, Uri)>,
+    client: HttpClient,
     headers: HeaderMap,
     secret: Option<Secret>,
 }
@@ -134,7 +138,7 @@ impl Upstream {
     pub fn new(
         provider_id: &str,
         base_url: &str,
-        client: reqwest::Client,
+        client: HttpClient,
         auth: Auth,
         secret: Option<Secret>,
         extra: &std::collections::BTreeMap<String, String>,
@@ -162,14 +166,11 @@ impl Upstream {
             }
             headers.insert(header, value);
         }
-        let explicit_auth = headers.contains_key(reqwest::header::AUTHORIZATION)
-            || headers.contains_key("x-api-key");
+        let explicit_auth =
+            headers.contains_key(AUTHORIZATION) || headers.contains_key("x-api-key");
         if let (Some(key), false) = (&secret, key_in_extra || explicit_auth) {
             let (name, value) = match auth {
-                Auth::Bearer => (
-                    reqwest::header::AUTHORIZATION,
-                    format!("Bearer {}", key.expose()),
-                ),
+                Auth::Bearer => (AUTHORIZATION, format!("Bearer {}", key.expose())),
                 Auth::XApiKey => (
                     HeaderName::from_static("x-api-key"),
                     key.expose().to_owned(),
@@ -180,17 +181,21 @@ impl Upstream {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        reqwest::Url::parse(base_url)
+        headers
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(SWITCHYARD_USER_AGENT));
+        url::Url::parse(base_url)
             .map_err(|e| ConfigError::single("base_url", format!("'{base_url}': {e}")))?;
         let trimmed = base_url.trim_end_matches('/');
         let endpoints = KNOWN_PATHS
             .iter()
-            .filter_map(|path| {
-                reqwest::Url::parse(&format!("{trimmed}{path}"))
-                    .ok()
-                    .map(|url| (*path, url))
+            .map(|path| {
+                format!("{trimmed}{path}")
+                    .parse::<Uri>()
+                    .map(|uri| (*path, uri))
+                    .map_err(|e| ConfigError::single("base_url", format!("'{base_url}': {e}")))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             provider_id: provider_id.to_owned(),
             base_url: trimmed.to_owned(),
@@ -229,56 +234,59 @@ impl Upstream {
 
     /// A request to `base_url + path` with credentials, extra headers and
     /// the context's `x-request-id` / `traceparent`.
-    pub fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        ctx: &CallContext,
-    ) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: Method, path: &str, ctx: &CallContext) -> UpstreamRequest {
         let known = self
             .endpoints
             .iter()
             .find(|(known, _)| *known == path)
-            .map(|(_, url)| url.clone());
-        let builder = match known {
-            Some(url) => self.client.request(method, url),
-            None => self
-                .client
-                .request(method, format!("{}{}", self.base_url, path)),
+            .map(|(_, uri)| uri.clone());
+        let uri = match known {
+            Some(uri) => Ok(uri),
+            None => format!("{}{}", self.base_url, path)
+                .parse::<Uri>()
+                .map_err(|e| format!("invalid upstream URL for '{path}': {e}")),
         };
-        let mut builder = builder.headers(self.headers.clone());
-        if let Some(id) = ctx.request_id.as_deref() {
-            builder = builder.header("x-request-id", id);
-        }
-        if let Some(tp) = ctx.traceparent.as_deref() {
-            builder = builder.header("traceparent", tp);
-        }
-        builder
+        let mut headers = self.headers.clone();
+        // Request ids and traceparents were checked to be short visible
+        // ASCII where they came in; anything else is left out.
+        let mut forward = |name: &'static str, value: Option<&str>| {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        forward("x-request-id", ctx.request_id.as_deref());
+        forward("traceparent", ctx.traceparent.as_deref());
+        UpstreamRequest::new(method, uri, headers)
     }
 
     /// A JSON POST.
     pub fn post_json(
         &self,
         path: &str,
-        body: Vec<u8>,
+        body: impl Into<bytes::Bytes>,
         ctx: &CallContext,
-    ) -> reqwest::RequestBuilder {
-        self.request(reqwest::Method::POST, path, ctx)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+    ) -> UpstreamRequest {
+        self.request(Method::POST, path, ctx)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body)
+    }
+
+    /// Sends `request` and returns whatever status came back.
+    pub async fn send_raw(
+        &self,
+        request: UpstreamRequest,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        request
+            .send(&self.client)
+            .await
+            .map_err(|e| transport_error(e, self.secret.as_ref()))
     }
 
     /// Sends `request` and waits for a successful status: an error status
     /// (its body read) or a redirect becomes the classified error.
-    pub async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ProviderError> {
+    pub async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, ProviderError> {
         let started = tokio::time::Instant::now();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(e, self.secret.as_ref()))?;
+        let response = self.send_raw(request).await?;
         let status = response.status().as_u16();
         tracing::debug!(
             provider = %self.provider_id,
@@ -312,7 +320,7 @@ impl Upstream {
     /// what cut it short).
     pub async fn send_and_read(
         &self,
-        request: reqwest::RequestBuilder,
+        request: UpstreamRequest,
         ctx: &CallContext,
         limit: Duration,
         phase: TimeoutPhase,
@@ -330,11 +338,11 @@ impl Upstream {
     /// Sends and waits for the response headers only, bounded by `limit`.
     pub async fn open(
         &self,
-        request: reqwest::RequestBuilder,
+        request: UpstreamRequest,
         ctx: &CallContext,
         limit: Duration,
         phase: TimeoutPhase,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<UpstreamResponse, ProviderError> {
         within(ctx, limit, phase, self.send(request)).await
     }
 }
@@ -343,7 +351,7 @@ impl Upstream {
 /// bounded against an upstream that streams garbage.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
-async fn read_error_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+async fn read_error_body(mut response: UpstreamResponse) -> Result<Vec<u8>, TransportError> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = MAX_ERROR_BODY - body.len();
@@ -386,34 +394,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// A reqwest failure as a classified error: connect (refused, DNS, TLS),
-/// reset / closed before or during the response, or a first-byte timeout.
-/// The URL is dropped from the message and the key redacted.
-pub fn transport_error(error: reqwest::Error, secret: Option<&Secret>) -> ProviderError {
-    if error.is_timeout() && !error.is_connect() {
-        return ProviderError::Timeout {
-            phase: TimeoutPhase::FirstByte,
-        };
-    }
-    if error.is_redirect() {
-        return ProviderError::Protocol {
-            message: "the upstream redirected; redirects are not followed".to_owned(),
-        };
-    }
-    let connect = error.is_connect();
-    let error = error.without_url();
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    let message = redact(&message, secret);
-    if connect {
+/// A transport failure as a classified error: connect (refused, DNS, TLS,
+/// connect timeout), or reset / closed before or during the response. The
+/// key is redacted from the message (hyper's messages carry no URL).
+pub fn transport_error(error: TransportError, secret: Option<&Secret>) -> ProviderError {
+    let message = redact(&error.to_string(), secret);
+    if error.is_connect() {
         ProviderError::Connect { message }
     } else {
         ProviderError::Reset { message }
@@ -439,7 +425,7 @@ pub fn error_from_response(
     }
     let fields = ErrorFields::from_body(body);
     let message = if fields.message.is_empty() {
-        reqwest::StatusCode::from_u16(status)
+        http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("upstream error")

@@ -41,6 +41,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod client;
 pub mod factory;
 pub mod http;
 pub mod mock;

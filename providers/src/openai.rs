@@ -103,9 +103,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// the first-token clock counting the time already spent.
 pub(crate) async fn open_stream(
     http: &Upstream,
-    request: reqwest::RequestBuilder,
+    request: crate::client::UpstreamRequest,
     ctx: &CallContext,
-) -> Result<(reqwest::Response, CallContext), ProviderError> {
+) -> Result<(crate::client::UpstreamResponse, CallContext), ProviderError> {
     let started = tokio::time::Instant::now();
     let response = http
         .open(
@@ -117,7 +117,7 @@ pub(crate) async fn open_stream(
         .await?;
     let is_json = response
         .headers()
-        .get(reqwest::header::CONTENT_TYPE)
+        .get(::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if is_json {
@@ -208,7 +208,10 @@ impl ChunkReader {
 }
 
 /// Parses an OpenAI SSE body into chunks with the completeness rule.
-pub(crate) fn chunk_stream(response: reqwest::Response, http: &Upstream) -> ChatStream {
+pub(crate) fn chunk_stream(
+    response: crate::client::UpstreamResponse,
+    http: &Upstream,
+) -> ChatStream {
     let reader = ChunkReader {
         events: response_events(response),
         provider: http.provider_id().to_owned(),
@@ -229,7 +232,7 @@ pub(crate) async fn list_models(
     ctx: &CallContext,
     owned_by: &str,
 ) -> Result<Vec<ModelInfo>, ProviderError> {
-    let request = http.request(reqwest::Method::GET, "/models", ctx);
+    let request = http.request(::http::Method::GET, "/models", ctx);
     let bytes = http
         .send_and_read(request, ctx, ctx.response_timeout, TimeoutPhase::Response)
         .await?;
@@ -252,12 +255,9 @@ pub(crate) async fn health_check(
             path,
             expect_status,
         } => {
-            let request = http.request(reqwest::Method::GET, path, ctx);
+            let request = http.request(::http::Method::GET, path, ctx);
             within(ctx, ctx.response_timeout, TimeoutPhase::Response, async {
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| transport_error(e, http.secret()))?;
+                let response = http.send_raw(request).await?;
                 let status = response.status().as_u16();
                 if status == *expect_status {
                     return Ok(());
@@ -314,10 +314,10 @@ impl Provider for OpenAiProvider {
         options.include_usage = true;
         request.stream_options = Some(options);
         let body = Self::body(&request)?;
-        let builder = self
-            .http
-            .post_json("/chat/completions", body, ctx)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let builder = self.http.post_json("/chat/completions", body, ctx).header(
+            ::http::header::ACCEPT,
+            ::http::HeaderValue::from_static("text/event-stream"),
+        );
         let (response, timed) = open_stream(&self.http, builder, ctx).await?;
         Ok(TimedStream::boxed(
             chunk_stream(response, &self.http),

@@ -32,13 +32,14 @@ use crate::wire::{ErrorFields, status_for_error_type};
 pub const DRAIN_LIMIT: Duration = Duration::from_millis(200);
 
 /// A response body as a byte stream.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+pub type ByteStream =
+    Pin<Box<dyn Stream<Item = Result<Bytes, crate::client::TransportError>> + Send>>;
 
 /// SSE events of a response body.
 pub type ResponseEvents = EventSource<ByteStream>;
 
 /// Reads SSE events from a response.
-pub fn response_events(response: reqwest::Response) -> ResponseEvents {
+pub fn response_events(response: crate::client::UpstreamResponse) -> ResponseEvents {
     EventSource::new(Box::pin(response.bytes_stream()))
 }
 
