@@ -601,6 +601,11 @@ pub struct ProviderState {
     in_flight: AtomicU32,
     window: RequestWindow,
     checks_failed_in_row: AtomicU32,
+    // `switchyard_attempts_total{provider, outcome="ok"}`, registered on
+    // the first success: the hot path then skips hashing labels and
+    // searching the recorder's registry. Install the recorder before
+    // traffic; a handle keeps the recorder it was registered with.
+    ok_attempts: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl ProviderState {
@@ -614,7 +619,15 @@ impl ProviderState {
             in_flight: AtomicU32::new(0),
             window: RequestWindow::default(),
             checks_failed_in_row: AtomicU32::new(0),
+            ok_attempts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The `ok` series of `switchyard_attempts_total` for `provider_id`.
+    pub fn ok_attempts_counter(&self, provider_id: &str) -> &metrics::Counter {
+        self.ok_attempts.get_or_init(|| {
+            metrics::counter!("switchyard_attempts_total", "provider" => provider_id.to_owned(), "outcome" => "ok")
+        })
     }
 
     /// Lifecycle state.

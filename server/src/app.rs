@@ -145,15 +145,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(routes::embeddings::handle))
         .route("/v1/messages", post(routes::messages::handle))
         .route("/v1/models", get(routes::models::list))
-        .route("/v1/models/{*model}", get(routes::models::retrieve))
-        .layer(middleware::from_fn_with_state(
+        .route("/v1/models/{*model}", get(routes::models::retrieve));
+    // Both are fixed at start-up; a layer that would only pass requests
+    // through costs a boxed future and a service clone per request.
+    let v1 = if state.response_cache.is_enabled() {
+        v1.layer(middleware::from_fn_with_state(
             state.clone(),
             crate::cache::middleware,
         ))
-        .layer(middleware::from_fn_with_state(
+    } else {
+        v1
+    };
+    let v1 = if state.credentials.client_keys_required() || state.client_limits.rpm().is_some() {
+        v1.layer(middleware::from_fn_with_state(
             state.clone(),
             require_client_key,
-        ));
+        ))
+    } else {
+        v1
+    };
     Router::new()
         .merge(v1)
         .route("/healthz", get(routes::health::healthz))

@@ -14,9 +14,13 @@
 //! ([`Labels::model`]), so a `"*"` provider never creates a series per
 //! client-chosen name.
 
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchyard_core::ProviderConfig;
 
@@ -302,18 +306,89 @@ fn parse_rss_bytes(status: &str) -> Option<u64> {
 pub struct Labels;
 
 impl Labels {
-    /// `model` as a label: itself when it is a configured name (in
-    /// `configured`, sorted), else `other`.
-    pub fn model(model: &str, configured: &[String]) -> String {
-        if configured
-            .binary_search_by(|m| m.as_str().cmp(model))
-            .is_ok()
-        {
+    /// `model` as a label: itself when `configured` says it is a
+    /// configured name, else `other`.
+    pub fn model(model: &str, configured: impl FnOnce(&str) -> bool) -> String {
+        if configured(model) {
             model.to_owned()
         } else {
             "other".to_owned()
         }
     }
+}
+
+/// The labelled series one finished request updates.
+#[derive(Clone)]
+pub struct RequestSeries {
+    /// `switchyard_requests_total{model, provider, status}`.
+    pub requests: Counter,
+    /// `switchyard_tokens_total{provider, model, kind="prompt"}`.
+    pub prompt_tokens: Counter,
+    /// `switchyard_tokens_total{provider, model, kind="completion"}`.
+    pub completion_tokens: Counter,
+    /// `switchyard_cost_usd_total{provider, model}`.
+    pub cost: Gauge,
+}
+
+/// The label-less histograms every request records.
+#[derive(Clone)]
+pub struct RequestHistograms {
+    /// `switchyard_request_duration_seconds`.
+    pub duration: Histogram,
+    /// `switchyard_overhead_seconds`.
+    pub overhead: Histogram,
+    /// `switchyard_time_to_first_token_seconds`.
+    pub first_token: Histogram,
+}
+
+thread_local! {
+    // Registering a labelled series hashes its labels and searches the
+    // registry (about 1.5 µs a request); the handles are kept per thread
+    // instead. Labels are bounded (configured models and providers, HTTP
+    // statuses), so these maps are too. The recorder is installed before
+    // the first request, and a handle stays valid for the process's life.
+    static SERIES: RefCell<(String, HashMap<String, RequestSeries>)> =
+        RefCell::new((String::new(), HashMap::new()));
+    static HISTOGRAMS: OnceCell<RequestHistograms> = const { OnceCell::new() };
+}
+
+/// The series of `{model, provider, status}`, registered on first use.
+pub fn request_series(model: &str, provider: &str, status: &str) -> RequestSeries {
+    SERIES.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (key, map) = &mut *guard;
+        key.clear();
+        for part in [model, "\u{0}", provider, "\u{0}", status] {
+            key.push_str(part);
+        }
+        if let Some(series) = map.get(key.as_str()) {
+            return series.clone();
+        }
+        let (model, provider) = (model.to_owned(), provider.to_owned());
+        let series = RequestSeries {
+            requests: metrics::counter!(REQUESTS_TOTAL,
+                "model" => model.clone(), "provider" => provider.clone(), "status" => status.to_owned()),
+            prompt_tokens: metrics::counter!(TOKENS_TOTAL,
+                "provider" => provider.clone(), "model" => model.clone(), "kind" => "prompt"),
+            completion_tokens: metrics::counter!(TOKENS_TOTAL,
+                "provider" => provider.clone(), "model" => model.clone(), "kind" => "completion"),
+            cost: metrics::gauge!(COST_TOTAL, "provider" => provider, "model" => model),
+        };
+        map.insert(key.clone(), series.clone());
+        series
+    })
+}
+
+/// The label-less request histograms.
+pub fn request_histograms() -> RequestHistograms {
+    HISTOGRAMS.with(|cell| {
+        cell.get_or_init(|| RequestHistograms {
+            duration: metrics::histogram!(REQUEST_DURATION),
+            overhead: metrics::histogram!(OVERHEAD),
+            first_token: metrics::histogram!(TIME_TO_FIRST_TOKEN),
+        })
+        .clone()
+    })
 }
 
 #[cfg(test)]
@@ -337,9 +412,10 @@ mod tests {
 
     #[test]
     fn model_labels_are_bounded() {
-        let configured = vec!["a".to_owned(), "gpt-4o".to_owned()];
-        assert_eq!(Labels::model("gpt-4o", &configured), "gpt-4o");
-        assert_eq!(Labels::model("random-123", &configured), "other");
+        let configured = ["a", "gpt-4o"];
+        let is_configured = |m: &str| configured.contains(&m);
+        assert_eq!(Labels::model("gpt-4o", is_configured), "gpt-4o");
+        assert_eq!(Labels::model("random-123", is_configured), "other");
     }
 
     #[test]

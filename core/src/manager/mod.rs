@@ -283,7 +283,8 @@ impl ManagerInner {
         let state = d.state();
         state.observe(now_ms, latency, true);
         if self.metrics_on() {
-            metrics::counter!("switchyard_attempts_total", "provider" => d.provider_id().to_owned(), "outcome" => "ok")
+            d.provider_state()
+                .ok_attempts_counter(d.provider_id())
                 .increment(1);
         }
         if probe || state.circuit() != CircuitState::Closed {
@@ -1236,6 +1237,12 @@ impl ProviderManager {
         let mut models: Vec<String> = registry.models.keys().cloned().collect();
         models.sort();
         models
+    }
+
+    /// Whether `model` is a configured model name (served by name, not
+    /// only through a `"*"` provider).
+    pub fn serves_model(&self, model: &str) -> bool {
+        self.inner.registry.load().models.contains_key(model)
     }
 
     /// Whether some provider lists `"*"`.

@@ -470,7 +470,7 @@ impl Drop for UpstreamSpan {
 /// `cancelled` when dropped unfinished (the client went away).
 #[derive(Debug)]
 pub struct Recorder {
-    configured: Arc<Vec<String>>,
+    state: AppState,
     model: String,
     provider: String,
     started: Instant,
@@ -490,7 +490,7 @@ impl Recorder {
     /// Starts recording a request to `endpoint`.
     pub fn start(state: &AppState, endpoint: &'static str, meta: &RequestMeta) -> Self {
         Self {
-            configured: Arc::new(state.manager.models()),
+            state: state.clone(),
             model: "other".to_owned(),
             provider: "none".to_owned(),
             started: Instant::now(),
@@ -513,7 +513,7 @@ impl Recorder {
 
     /// The requested (later: answering) model, as a bounded label.
     pub fn set_model(&mut self, model: &str) {
-        self.model = Labels::model(model, &self.configured);
+        self.model = Labels::model(model, |m| self.state.manager.serves_model(m));
     }
 
     /// The provider and model that answered.
@@ -568,36 +568,28 @@ impl Recorder {
         if !self.enabled {
             return;
         }
-        ::metrics::counter!(telemetry::REQUESTS_TOTAL,
-            "model" => self.model.clone(), "provider" => self.provider.clone(), "status" => status.to_owned())
-        .increment(1);
-        ::metrics::histogram!(telemetry::REQUEST_DURATION).record(total.as_secs_f64());
+        let series = telemetry::request_series(&self.model, &self.provider, status);
+        let histograms = telemetry::request_histograms();
+        series.requests.increment(1);
+        histograms.duration.record(total.as_secs_f64());
         // Overhead: time to first content for streams (the rest is the
         // upstream generating), else the whole request, minus upstream time.
         let measured = self.first_token.unwrap_or(total);
         let overhead = measured.saturating_sub(self.upstream.total());
-        ::metrics::histogram!(telemetry::OVERHEAD).record(overhead.as_secs_f64());
+        histograms.overhead.record(overhead.as_secs_f64());
         if let Some(first) = self.first_token {
-            ::metrics::histogram!(telemetry::TIME_TO_FIRST_TOKEN).record(first.as_secs_f64());
+            histograms.first_token.record(first.as_secs_f64());
         }
         if let Some(usage) = &self.usage {
-            for (kind, tokens) in [
-                ("prompt", usage.prompt_tokens),
-                ("completion", usage.completion_tokens),
-            ] {
-                ::metrics::counter!(telemetry::TOKENS_TOTAL,
-                    "provider" => self.provider.clone(), "model" => self.model.clone(), "kind" => kind)
-                .increment(tokens);
-            }
+            series.prompt_tokens.increment(usage.prompt_tokens);
+            series.completion_tokens.increment(usage.completion_tokens);
             let cost = self
                 .pricing
                 .cost(usage.prompt_tokens, usage.completion_tokens);
             if cost > 0.0 {
                 // The exporter's counters are integers: cost is kept in a
                 // float gauge that only ever grows.
-                ::metrics::gauge!(telemetry::COST_TOTAL,
-                    "provider" => self.provider.clone(), "model" => self.model.clone())
-                .increment(cost);
+                series.cost.increment(cost);
             }
         }
     }
