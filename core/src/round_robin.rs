@@ -2,7 +2,9 @@
 //!
 //! One cursor per model (not per tier, and not the seed's
 //! `providerSwitches % n`, which can index past a shrunken list): each pick
-//! takes `cursor % len` of the current tier.
+//! takes `cursor % len` of the current tier. The manager runs it as a
+//! rotation ([`SelectionStrategy::rotates`]): from the cursor to the next
+//! usable deployment, without listing the tier first.
 
 use std::sync::atomic::Ordering;
 
@@ -22,5 +24,9 @@ impl SelectionStrategy for RoundRobin {
             return None;
         }
         Some(ctx.cursor.fetch_add(1, Ordering::Relaxed) % candidates.len())
+    }
+
+    fn rotates(&self) -> bool {
+        true
     }
 }

@@ -196,6 +196,17 @@ pub trait SelectionStrategy: Send + Sync + 'static {
     /// The index (into `candidates`) of the chosen candidate; `None` only
     /// when `candidates` is empty.
     fn select(&self, candidates: &CandidateSet<'_>, ctx: &RequestContext<'_>) -> Option<usize>;
+
+    /// Whether every pick is "the next usable deployment after the model's
+    /// shared cursor". The manager then walks the deployments from the
+    /// cursor and stops at the first usable one, instead of listing every
+    /// eligible deployment for [`select`](Self::select): one check per pick
+    /// rather than one per deployment when most are healthy (about 5 µs a
+    /// request at 100 deployments). With every deployment usable the
+    /// sequence is the same as `select` over the full list.
+    fn rotates(&self) -> bool {
+        false
+    }
 }
 
 #[allow(dead_code)]

@@ -6,7 +6,8 @@ use clap::Parser;
 
 // The proxy path allocates per request (bodies, headers, futures); mimalloc
 // serves those small, short-lived blocks from thread-local pages, far
-// cheaper than glibc malloc under load.
+// cheaper than glibc malloc under load. `no_thp` keeps its arenas off
+// transparent huge pages, which would add ~9 MB of resident memory.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

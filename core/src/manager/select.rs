@@ -347,6 +347,41 @@ impl Filter<'_> {
         }
     }
 
+    /// The first usable deployment of the tier from the model's cursor on.
+    fn rotate(
+        &self,
+        index: &ModelIndex,
+        members: Option<&[u32]>,
+        region: Option<&str>,
+        tier: Tier,
+        ctx: &RequestContext<'_>,
+    ) -> Option<Arc<Deployment>> {
+        let count = index.deployments.len();
+        if count == 0 {
+            return None;
+        }
+        // The cursor moves past what this pick skipped, so an unusable
+        // deployment's turns are shared out, not all given to its successor.
+        let start = ctx.cursor.fetch_add(1, Ordering::Relaxed) % count;
+        let (front, back) = (
+            index.deployments.get(..start).unwrap_or_default(),
+            index.deployments.get(start..).unwrap_or_default(),
+        );
+        let order = back.iter().zip(start..).chain(front.iter().zip(0..));
+        for (skipped, (d, position)) in order.enumerate() {
+            let position = u32::try_from(position).ok()?;
+            if self.base(d, members, position, region) && self.in_tier(d, tier) && self.admit(d) {
+                if skipped > 0 {
+                    ctx.cursor.fetch_add(skipped, Ordering::Relaxed);
+                }
+                return Some(Arc::clone(d));
+            }
+        }
+        // An empty tier leaves the cursor where it was for the next tier.
+        ctx.cursor.fetch_sub(1, Ordering::Relaxed);
+        None
+    }
+
     fn pick(
         &self,
         index: &ModelIndex,
@@ -358,6 +393,9 @@ impl Filter<'_> {
         let members = set
             .and_then(|s| index.sets.get(s))
             .map(|s| s.members.as_slice());
+        if index.strategy.rotates() {
+            return self.rotate(index, members, region, tier, ctx);
+        }
         let fill = |eligible: &mut Vec<u32>| {
             eligible.clear();
             for (position, d) in (0u32..).zip(&index.deployments) {
