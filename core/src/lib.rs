@@ -41,6 +41,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod json;
 pub mod limits;
 pub mod manager;
 pub mod provider;
@@ -62,6 +63,7 @@ pub use error::{
     UpstreamCategory, UpstreamError,
 };
 pub use event::{EventKind, ProviderEvent};
+pub use json::RawChatResponse;
 pub use manager::{
     AddOptions, AddOutcome, AdmissionControl, Attempt, CallGuard, ConfigDiff, FailoverOptions,
     FailoverResult, HealthChecker, ManagedStream, ManagerBuilder, MetricsSnapshot,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::ProviderConfig;
 use crate::error::{ConfigError, ProviderError};
+use crate::json::RawChatResponse;
 use crate::types::{
     ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
     EmbeddingsRequest, EmbeddingsResponse, ModelInfo, RawEventStream, RequestType,
@@ -145,6 +146,33 @@ pub trait Provider: Send + Sync + 'static {
         request: ChatRequest,
         ctx: &CallContext,
     ) -> Result<ChatResponse, ProviderError>;
+
+    /// Whether [`Provider::chat_json`] sends the body as it is (the
+    /// adapter speaks OpenAI's wire format); callers then skip building a
+    /// [`ChatRequest`] per attempt and splice only `model`.
+    fn forwards_openai_json(&self) -> bool {
+        false
+    }
+
+    /// A non-streaming chat completion whose request and answer are
+    /// OpenAI-format JSON bytes: `body` is a valid chat request (no
+    /// `stream`, no `stream_options`) whose `model` is already the
+    /// upstream name. The default parses it, calls [`Provider::chat`] and
+    /// serialises the answer; adapters that speak the format forward bytes.
+    async fn chat_json(
+        &self,
+        body: bytes::Bytes,
+        ctx: &CallContext,
+    ) -> Result<RawChatResponse, ProviderError> {
+        let invalid = |e: serde_json::Error| ProviderError::Protocol {
+            message: format!("cannot re-read the chat request: {e}"),
+        };
+        let request: ChatRequest = serde_json::from_slice(&body).map_err(invalid)?;
+        let response = self.chat(request, ctx).await?;
+        RawChatResponse::from_response(&response).map_err(|e| ProviderError::Protocol {
+            message: format!("cannot serialise the chat completion: {e}"),
+        })
+    }
 
     /// A streaming chat completion: returns once response headers arrived.
     async fn chat_stream(

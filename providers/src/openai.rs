@@ -16,7 +16,7 @@ use switchyard_core::stream::TimedStream;
 use switchyard_core::{
     CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest,
     CompletionResponse, EmbeddingsRequest, EmbeddingsResponse, ModelInfo, Provider, ProviderError,
-    Secret, StreamOptions, TimeoutPhase,
+    RawChatResponse, Secret, StreamOptions, TimeoutPhase,
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
@@ -299,6 +299,26 @@ impl Provider for OpenAiProvider {
         let body = Self::body(&request)?;
         self.post("/chat/completions", body, ctx, "chat completion")
             .await
+    }
+
+    fn forwards_openai_json(&self) -> bool {
+        true
+    }
+
+    async fn chat_json(
+        &self,
+        body: bytes::Bytes,
+        ctx: &CallContext,
+    ) -> Result<RawChatResponse, ProviderError> {
+        let request = self.http.post_json("/chat/completions", body, ctx);
+        let bytes = self
+            .http
+            .send_and_read(request, ctx, ctx.response_timeout, TimeoutPhase::Response)
+            .await?;
+        check_error_in_body(&bytes, self.http.secret())?;
+        RawChatResponse::parse(bytes).map_err(|e| ProviderError::Protocol {
+            message: format!("invalid chat completion from upstream: {e}"),
+        })
     }
 
     async fn chat_stream(

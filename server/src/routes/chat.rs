@@ -1,8 +1,11 @@
 //! `POST /v1/chat/completions`: non-streaming through `execute_with_failover`, streaming through `execute_stream_with_failover`.
 //!
-//! The body is parsed into core's `ChatRequest`, whose flattened `extra`
-//! maps pass every unknown field through untouched. Each attempt sends a
-//! copy with `model` set to the attempt's upstream name. Streams always ask
+//! The body is parsed into core's `ChatRequest` (validation, options). A
+//! non-stream attempt on an adapter that speaks OpenAI's format sends the
+//! client's bytes with only `model` swapped and answers with the upstream's
+//! bytes, `model` relabelled (`switchyard_core::json`): no re-serialising.
+//! Other attempts send a typed copy whose flattened `extra` maps pass
+//! every unknown field through untouched. Streams always ask
 //! the upstream for usage (`stream_options.include_usage`) and drop the
 //! usage-only chunk when the client did not ask for it; headers are sent
 //! only once the manager returned the first content, so failures before it
@@ -18,12 +21,16 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use switchyard_core::{ChatRequest, FailoverOptions, ManagedStream, Pricing, RequestType};
+use switchyard_core::{
+    ChatRequest, FailoverOptions, ManagedStream, Pricing, ProviderError, RawChatResponse,
+    RequestType, json,
+};
 use tracing::Instrument;
 
 use super::{
-    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request,
-    report_usage, request_span, respond, stream_error, success_headers, with_request_id,
+    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options,
+    parse_request_keeping_body, report_usage, request_span, respond, stream_error, success_headers,
+    with_request_id,
 };
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -43,8 +50,9 @@ pub async fn handle(
 
 async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
     let mut recorder = Recorder::start(&state, "chat.completions", meta);
-    let request: ChatRequest = match parse_request(&state, body, |r: &ChatRequest| &r.model) {
-        Ok(request) => request,
+    let (request, body) = match parse_request_keeping_body(&state, body, |r: &ChatRequest| &r.model)
+    {
+        Ok(parsed) => parsed,
         Err(error) => return fail(recorder, error),
     };
     let span = tracing::Span::current();
@@ -62,29 +70,64 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
     if request.stream {
         stream(state, request, options, recorder).await
     } else {
-        unary(state, request, options, recorder).await
+        unary(state, request, body, options, recorder).await
     }
+}
+
+/// One attempt's request: the client's bytes with `model` swapped, for
+/// adapters that speak OpenAI's format; else the parsed request.
+enum Outgoing {
+    Forwarded(Bytes),
+    Typed(Box<ChatRequest>),
 }
 
 async fn unary(
     state: AppState,
     request: ChatRequest,
+    body: Bytes,
     options: FailoverOptions,
     recorder: Recorder,
 ) -> Response {
     let upstream = recorder.upstream();
+    // `stream_options` must not reach an upstream without `stream`, so such
+    // bodies (rare) go the typed way, which drops it.
+    let forwardable = if request.stream_options.is_none() {
+        json::model_span(&body).map(|span| (body, span))
+    } else {
+        None
+    };
     let outcome = state
         .manager
         .execute_with_failover(options, |mut attempt| {
-            let mut request = request.clone();
-            request.model.clone_from(&attempt.upstream_model);
-            request.stream = false;
+            let outgoing = match &forwardable {
+                Some((body, span)) if attempt.provider.forwards_openai_json() => {
+                    Outgoing::Forwarded(json::with_model(body, span, &attempt.upstream_model))
+                }
+                _ => {
+                    let mut request = request.clone();
+                    request.model.clone_from(&attempt.upstream_model);
+                    request.stream = false;
+                    Outgoing::Typed(Box::new(request))
+                }
+            };
             let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
                 let _timing = timer.span();
                 let pricing = attempt.deployment.pricing();
-                let response = attempt.provider.chat(request, &attempt.ctx).await?;
+                let response = match outgoing {
+                    Outgoing::Forwarded(body) => {
+                        attempt.provider.chat_json(body, &attempt.ctx).await?
+                    }
+                    Outgoing::Typed(request) => {
+                        let response = attempt.provider.chat(*request, &attempt.ctx).await?;
+                        RawChatResponse::from_response(&response).map_err(|e| {
+                            ProviderError::Protocol {
+                                message: format!("cannot serialise the chat completion: {e}"),
+                            }
+                        })?
+                    }
+                };
                 if let Some(usage) = &response.usage {
                     report_usage(&attempt, usage);
                 }

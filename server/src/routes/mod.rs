@@ -348,6 +348,15 @@ pub fn parse_request<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     model_of: impl Fn(&T) -> &str,
 ) -> Result<T, ApiError> {
+    parse_request_keeping_body(state, body, model_of).map(|(request, _)| request)
+}
+
+/// [`parse_request`], also returning the body's bytes (to forward as they are).
+pub fn parse_request_keeping_body<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    model_of: impl Fn(&T) -> &str,
+) -> Result<(T, Bytes), ApiError> {
     let bytes = read_body(body, state.server.max_body_bytes, Shape::OpenAi)?;
     if state.server.log_bodies {
         tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
@@ -358,28 +367,45 @@ pub fn parse_request<T: DeserializeOwned>(
             ApiError::invalid_request("You must provide a model parameter.").with_param("model"),
         );
     }
-    Ok(request)
+    Ok((request, bytes))
 }
 
 /// A non-stream answer the gateway relabels and meters.
-pub trait Answer: serde::Serialize {
-    /// The `model` field, set to the client-facing model that answered.
-    fn model_mut(&mut self) -> &mut String;
+pub trait Answer {
     /// The upstream's usage, if reported.
     fn usage(&self) -> Option<&Usage>;
+    /// The JSON response, its `model` set to the client-facing `model`.
+    fn into_response_as(self, model: &str) -> Response;
 }
 
 macro_rules! answer {
     ($($ty:ty),*) => {$(
         impl Answer for $ty {
-            fn model_mut(&mut self) -> &mut String {
-                &mut self.model
-            }
             fn usage(&self) -> Option<&Usage> {
                 self.usage.as_ref()
             }
+            fn into_response_as(mut self, model: &str) -> Response {
+                model.clone_into(&mut self.model);
+                axum::Json(self).into_response()
+            }
         }
     )*};
+}
+
+impl Answer for switchyard_core::RawChatResponse {
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+    fn into_response_as(self, model: &str) -> Response {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body_with_model(model),
+        )
+            .into_response()
+    }
 }
 
 answer!(
@@ -397,13 +423,12 @@ pub fn respond<T: Answer>(
 ) -> Response {
     match outcome {
         Ok(result) => {
-            let ((mut body, pricing), answered) = Answered::split(result);
-            body.model_mut().clone_from(&answered.model);
+            let ((body, pricing), answered) = Answered::split(result);
             recorder.answered_by(&answered.provider_id, &answered.model, pricing);
             if let Some(usage) = body.usage() {
                 recorder.usage(usage);
             }
-            let mut response = axum::Json(body).into_response();
+            let mut response = body.into_response_as(&answered.model);
             success_headers(&mut response, &answered);
             recorder.finish("200");
             response

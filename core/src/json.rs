@@ -1,0 +1,160 @@
+//! OpenAI-format JSON bodies forwarded as bytes: where the top-level `model` sits, and swapping it without re-serialising.
+//!
+//! A gateway mostly forwards bodies unchanged; only `model` differs (the
+//! upstream's name going out, the client-facing name coming back).
+//! Parsing a body into typed structs and serialising it again costs more
+//! than the rest of the request path, so bodies that an adapter can take
+//! as they are travel as [`Bytes`] and only the `model` string is spliced.
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::types::Usage;
+
+/// The byte range of a JSON object's top-level `"model"` string value,
+/// quotes included. `None` when the body is not an object, has no string
+/// `model`, or the value has escapes (callers then re-serialise).
+pub fn model_span(body: &[u8]) -> Option<Range<usize>> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow, default)]
+        model: Option<&'a str>,
+    }
+    let peek: Peek<'_> = serde_json::from_slice(body).ok()?;
+    span_of(body, peek.model?)
+}
+
+/// Where `value`, a string borrowed from `body`, sits in it (quotes included).
+fn span_of(body: &[u8], value: &str) -> Option<Range<usize>> {
+    let start = (value.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(value.len())?;
+    let quoted = start.checked_sub(1)?..end.checked_add(1)?;
+    let is_quote = |at: usize| body.get(at) == Some(&b'"');
+    (is_quote(quoted.start) && is_quote(end)).then_some(quoted)
+}
+
+/// `body` with the string at `span` (see [`model_span`]) replaced by
+/// `model`, JSON-escaped. Shares `body` when the name is already `model`.
+pub fn with_model(body: &Bytes, span: &Range<usize>, model: &str) -> Bytes {
+    let current = body
+        .get(span.start + 1..span.end.saturating_sub(1))
+        .unwrap_or_default();
+    if current == model.as_bytes() {
+        return body.clone();
+    }
+    let (Some(before), Some(after)) = (body.get(..span.start), body.get(span.end..)) else {
+        return body.clone();
+    };
+    let mut out = BytesMut::with_capacity(body.len() + model.len() + 8);
+    out.put_slice(before);
+    // Serialising a &str into a Vec cannot fail.
+    let quoted = serde_json::to_vec(model).unwrap_or_else(|_| b"\"\"".to_vec());
+    out.put_slice(&quoted);
+    out.put_slice(after);
+    out.freeze()
+}
+
+/// A chat completion answered as the upstream's bytes (OpenAI format).
+#[derive(Clone, Debug)]
+pub struct RawChatResponse {
+    /// The body as the upstream sent it.
+    pub body: Bytes,
+    /// Where its `model` is (`None`: no plain string `model`).
+    pub model_span: Option<Range<usize>>,
+    /// Its `usage`, if any.
+    pub usage: Option<Usage>,
+}
+
+impl RawChatResponse {
+    /// Reads what the gateway needs from a chat completion body, checking
+    /// it is one (an object with `choices`); `Err` names what is wrong.
+    pub fn parse(body: Bytes) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Peek<'a> {
+            #[serde(borrow, default)]
+            model: Option<&'a str>,
+            #[serde(default)]
+            usage: Option<Usage>,
+            #[allow(dead_code)]
+            choices: serde::de::IgnoredAny,
+        }
+        let peek: Peek<'_> = serde_json::from_slice(&body)?;
+        let model_span = peek.model.and_then(|m| span_of(&body, m));
+        let usage = peek.usage;
+        Ok(Self {
+            body,
+            model_span,
+            usage,
+        })
+    }
+
+    /// A typed answer as bytes (adapters that do not speak the format).
+    pub fn from_response(response: &crate::types::ChatResponse) -> Result<Self, serde_json::Error> {
+        let body = Bytes::from(serde_json::to_vec(response)?);
+        Ok(Self {
+            model_span: model_span(&body),
+            usage: response.usage.clone(),
+            body,
+        })
+    }
+
+    /// The body with `model` as its model name.
+    pub fn body_with_model(&self, model: &str) -> Bytes {
+        match &self.model_span {
+            Some(span) => with_model(&self.body, span, model),
+            None => self.body.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn the_model_is_found_and_swapped_without_touching_the_rest() {
+        let body = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"model \"x\""}], "model" : "gpt-4o","n":1}"#,
+        );
+        let span = model_span(&body).unwrap();
+        assert_eq!(&body[span.clone()], br#""gpt-4o""#);
+        let swapped = with_model(&body, &span, "up/\"quoted\"");
+        assert_eq!(
+            &swapped[..],
+            br#"{"messages":[{"role":"user","content":"model \"x\""}], "model" : "up/\"quoted\"","n":1}"#
+        );
+        let value: serde_json::Value = serde_json::from_slice(&swapped).unwrap();
+        assert_eq!(value["model"], "up/\"quoted\"");
+        // Same name: the very same bytes, shared.
+        let same = with_model(&body, &span, "gpt-4o");
+        assert_eq!(same.as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn escaped_missing_or_nested_models_have_no_span() {
+        assert_eq!(model_span(br#"{"model":"a\u0062c"}"#), None);
+        assert_eq!(model_span(br#"{"messages":[]}"#), None);
+        assert_eq!(model_span(br#"{"x":{"model":"inner"}}"#), None);
+        assert_eq!(model_span(br#"{"model":7}"#), None);
+        assert_eq!(model_span(b"not json"), None);
+    }
+
+    #[test]
+    fn responses_give_usage_and_must_be_completions() {
+        let body = Bytes::from_static(
+            br#"{"id":"c1","model":"up-model","choices":[{"index":0}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+        );
+        let raw = RawChatResponse::parse(body).unwrap();
+        assert_eq!(raw.usage.as_ref().map(|u| u.total_tokens), Some(7));
+        let relabelled = raw.body_with_model("alias");
+        let value: serde_json::Value = serde_json::from_slice(&relabelled).unwrap();
+        assert_eq!(value["model"], "alias");
+        assert_eq!(value["choices"][0]["index"], 0);
+        assert!(RawChatResponse::parse(Bytes::from_static(br#"{"model":"m"}"#)).is_err());
+        assert!(RawChatResponse::parse(Bytes::from_static(b"[]")).is_err());
+    }
+}
