@@ -441,15 +441,18 @@ pub fn respond<T: Answer>(
 pub fn success_headers(response: &mut Response, answered: &Answered) {
     let headers = response.headers_mut();
     let pairs = [
-        ("x-switchyard-provider", answered.provider_id.clone()),
-        ("x-switchyard-model", answered.model.clone()),
-        ("x-switchyard-attempts", answered.attempts.to_string()),
+        ("x-switchyard-provider", answered.provider_id.as_str()),
+        ("x-switchyard-model", answered.model.as_str()),
     ];
     for (name, value) in pairs {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     }
+    headers.insert(
+        HeaderName::from_static("x-switchyard-attempts"),
+        HeaderValue::from(answered.attempts),
+    );
 }
 
 /// Time spent inside upstream calls during one request (for the overhead metric).
