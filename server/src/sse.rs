@@ -18,11 +18,12 @@ use futures_util::StreamExt;
 use crate::routes::UpstreamSpan;
 
 /// A `200 text/event-stream` response over `events`.
-pub fn response<S>(events: S) -> Response
+pub fn response<S, T>(events: S) -> Response
 where
-    S: Stream<Item = String> + Send + 'static,
+    S: Stream<Item = T> + Send + 'static,
+    T: Into<Bytes>,
 {
-    let body = Body::from_stream(events.map(|text| Ok::<Bytes, Infallible>(Bytes::from(text))));
+    let body = Body::from_stream(events.map(|text| Ok::<Bytes, Infallible>(text.into())));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -35,9 +36,13 @@ where
     response
 }
 
-/// `data: <json>\n\n`.
-pub fn data(json: &str) -> String {
-    format!("data: {json}\n\n")
+/// `data: <value as JSON>\n\n`, serialised straight into the frame.
+pub fn json_data<T: serde::Serialize>(value: &T) -> serde_json::Result<Bytes> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut out, value)?;
+    out.extend_from_slice(b"\n\n");
+    Ok(out.into())
 }
 
 /// `event: <name>\ndata: <json>\n\n` (`data:` alone when there is no name).
@@ -97,14 +102,19 @@ mod tests {
 
     #[test]
     fn framing() {
-        assert_eq!(data("{}"), "data: {}\n\n");
+        assert_eq!(
+            &json_data(&serde_json::json!({"a": 1})).unwrap()[..],
+            b"data: {\"a\":1}\n\n"
+        );
         assert_eq!(event(Some("ping"), "{}"), "event: ping\ndata: {}\n\n");
         assert_eq!(event(None, "a\nb"), "data: a\ndata: b\n\n");
     }
 
     #[tokio::test]
     async fn headers_are_those_of_an_event_stream() {
-        let response = response(futures_util::stream::iter(vec![data("{}")]));
+        let response = response(futures_util::stream::iter(vec![
+            json_data(&serde_json::json!({})).unwrap(),
+        ]));
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
             "text/event-stream"

@@ -209,7 +209,7 @@ struct ChatEvents {
 }
 
 impl ChatEvents {
-    fn into_stream(self) -> impl futures_core::Stream<Item = String> + Send + 'static {
+    fn into_stream(self) -> impl futures_core::Stream<Item = Bytes> + Send + 'static {
         futures_util::stream::unfold(self, |mut events| async move {
             let next = events.next_event().await?;
             Some((next, events))
@@ -223,7 +223,7 @@ impl ChatEvents {
         }
     }
 
-    async fn next_event(&mut self) -> Option<String> {
+    async fn next_event(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
         }
@@ -238,8 +238,8 @@ impl ChatEvents {
                         continue;
                     }
                     chunk.model.clone_from(&self.answered.model);
-                    match serde_json::to_string(&chunk) {
-                        Ok(json) => return Some(sse::data(&json)),
+                    match sse::json_data(&chunk) {
+                        Ok(frame) => return Some(frame),
                         Err(error) => {
                             tracing::warn!(%error, "cannot serialise a chunk; skipped");
                             continue;
@@ -262,11 +262,11 @@ impl ChatEvents {
                         stream_error(&error, &self.answered.provider_id, &self.answered.model)
                             .stream_event();
                     self.finish("stream_error");
-                    return Some(event);
+                    return Some(event.into());
                 }
                 None => {
                     self.finish("200");
-                    return Some(sse::DONE.to_owned());
+                    return Some(Bytes::from_static(sse::DONE.as_bytes()));
                 }
             }
         }
