@@ -77,21 +77,28 @@ impl SseParser {
         self.feed(head.strip_prefix(BOM).unwrap_or(&head), out);
     }
 
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
-        for &byte in bytes {
+    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        // Whole runs of line content are copied at once, not byte by byte.
+        while !bytes.is_empty() {
             if self.pending_cr {
                 self.pending_cr = false;
-                if byte == b'\n' {
+                if let Some(rest) = bytes.strip_prefix(b"\n") {
+                    bytes = rest;
                     continue;
                 }
             }
-            match byte {
-                b'\n' => self.end_line(out),
-                b'\r' => {
-                    self.pending_cr = true;
+            match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(at) => {
+                    let (content, rest) = bytes.split_at(at);
+                    self.line.extend_from_slice(content);
+                    self.pending_cr = rest.first() == Some(&b'\r');
+                    bytes = rest.get(1..).unwrap_or_default();
                     self.end_line(out);
                 }
-                other => self.line.push(other),
+                None => {
+                    self.line.extend_from_slice(bytes);
+                    bytes = &[];
+                }
             }
         }
     }
@@ -115,7 +122,14 @@ impl SseParser {
     }
 
     fn end_line(&mut self, out: &mut Vec<SseEvent>) {
-        let line = std::mem::take(&mut self.line);
+        // The buffer goes back (emptied) afterwards, keeping its capacity.
+        let mut line = std::mem::take(&mut self.line);
+        self.process_line(&line, out);
+        line.clear();
+        self.line = line;
+    }
+
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             self.dispatch(out);
             return;
@@ -129,7 +143,7 @@ impl SseParser {
                 let value = value.strip_prefix(b" ").unwrap_or(value);
                 (&line[..colon], value)
             }
-            None => (&line[..], &[][..]),
+            None => (line, &[][..]),
         };
         match field {
             b"data" => {
