@@ -63,7 +63,7 @@ pub struct RawChatResponse {
     pub body: Bytes,
     /// Where its `model` is (`None`: no plain string `model`).
     pub model_span: Option<Range<usize>>,
-    /// Its `usage`, if any.
+    /// Its `usage` token counts, if any (other usage fields stay in `body`).
     pub usage: Option<Usage>,
 }
 
@@ -71,18 +71,32 @@ impl RawChatResponse {
     /// Reads what the gateway needs from a chat completion body, checking
     /// it is one (an object with `choices`); `Err` names what is wrong.
     pub fn parse(body: Bytes) -> Result<Self, serde_json::Error> {
+        // Only the counts the gateway meters: `Usage`'s flattened map of
+        // every other field makes serde buffer the whole object first.
+        #[derive(Deserialize)]
+        struct Counts {
+            #[serde(default)]
+            prompt_tokens: u64,
+            #[serde(default)]
+            completion_tokens: u64,
+            #[serde(default)]
+            total_tokens: u64,
+        }
         #[derive(Deserialize)]
         struct Peek<'a> {
             #[serde(borrow, default)]
             model: Option<&'a str>,
             #[serde(default)]
-            usage: Option<Usage>,
+            usage: Option<Counts>,
             #[allow(dead_code)]
             choices: serde::de::IgnoredAny,
         }
         let peek: Peek<'_> = serde_json::from_slice(&body)?;
         let model_span = peek.model.and_then(|m| span_of(&body, m));
-        let usage = peek.usage;
+        let usage = peek.usage.map(|c| Usage {
+            total_tokens: c.total_tokens,
+            ..Usage::new(c.prompt_tokens, c.completion_tokens)
+        });
         Ok(Self {
             body,
             model_span,

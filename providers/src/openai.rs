@@ -328,9 +328,13 @@ impl Provider for OpenAiProvider {
             .http
             .send_and_read(request, ctx, ctx.response_timeout, TimeoutPhase::Response)
             .await?;
-        check_error_in_body(&bytes, self.http.secret())?;
-        RawChatResponse::parse(bytes).map_err(|e| ProviderError::Protocol {
-            message: format!("invalid chat completion from upstream: {e}"),
+        // A completion parses; only a body that does not is searched for
+        // the error some compatible servers send with a 200.
+        RawChatResponse::parse(bytes.clone()).or_else(|e| {
+            check_error_in_body(&bytes, self.http.secret())?;
+            Err(ProviderError::Protocol {
+                message: format!("invalid chat completion from upstream: {e}"),
+            })
         })
     }
 
