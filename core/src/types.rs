@@ -377,8 +377,71 @@ pub struct ChatChoice {
     pub extra: Extra,
 }
 
+/// A map key, borrowed from the input when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// `Deserialize` for a chunk type whose fields all have defaults and whose
+/// other fields go to `extra`, as `#[serde(flatten)]` would, but without
+/// it: flatten buffers every field of the object before reading any, and
+/// chunks are parsed once per streamed token (three nested levels of it
+/// were most of a stream's parsing cost).
+macro_rules! deserialize_with_extra {
+    ($ty:ident, $expecting:literal, $init:expr, { $($name:literal => $field:ident),* $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct FieldsVisitor;
+                impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<$ty, A::Error> {
+                        let mut out: $ty = $init;
+                        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                            match key.as_ref() {
+                                $($name => out.$field = map.next_value()?,)*
+                                _ => {
+                                    let value: Value = map.next_value()?;
+                                    out.extra.insert(key.into_owned(), value);
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                deserializer.deserialize_map(FieldsVisitor)
+            }
+        }
+    };
+}
+
 /// One streamed chunk of a chat completion.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChatChunk {
     /// Completion id.
     #[serde(default)]
@@ -439,8 +502,25 @@ impl ChatChunk {
     }
 }
 
+deserialize_with_extra!(
+    ChatChunk,
+    "a chat completion chunk",
+    ChatChunk {
+        object: chat_chunk_object(),
+        ..ChatChunk::default()
+    },
+    {
+        "id" => id,
+        "object" => object,
+        "created" => created,
+        "model" => model,
+        "choices" => choices,
+        "usage" => usage,
+    }
+);
+
 /// One choice of a streamed chunk.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChunkChoice {
     /// Choice index.
     #[serde(default)]
@@ -459,8 +539,20 @@ pub struct ChunkChoice {
     pub extra: Extra,
 }
 
+deserialize_with_extra!(
+    ChunkChoice,
+    "a chunk choice",
+    ChunkChoice::default(),
+    {
+        "index" => index,
+        "delta" => delta,
+        "finish_reason" => finish_reason,
+        "logprobs" => logprobs,
+    }
+);
+
 /// The incremental part of a chunk.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChunkDelta {
     /// Set on the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,6 +567,17 @@ pub struct ChunkDelta {
     #[serde(flatten)]
     pub extra: Extra,
 }
+
+deserialize_with_extra!(
+    ChunkDelta,
+    "a chunk delta",
+    ChunkDelta::default(),
+    {
+        "role" => role,
+        "content" => content,
+        "tool_calls" => tool_calls,
+    }
+);
 
 /// A fragment of a tool call in a stream.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -642,6 +745,32 @@ impl ModelInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_keep_every_field_without_flatten() {
+        let text = r#"{"id":"c1","model":"m","created":5,"system_fingerprint":"fp",
+            "choices":[{"index":1,"delta":{"role":"assistant","con\u0074ent":"hi","reasoning_content":"r"},
+            "finish_reason":null,"logprobs":null,"extra_choice":[1,2]}],"usage":null}"#;
+        let chunk: ChatChunk = serde_json::from_str(text).unwrap();
+        assert_eq!(chunk.object, "chat.completion.chunk");
+        assert_eq!((chunk.id.as_str(), chunk.created), ("c1", 5));
+        assert_eq!(chunk.extra["system_fingerprint"], "fp");
+        let choice = &chunk.choices[0];
+        assert_eq!(choice.index, 1);
+        assert_eq!(choice.finish_reason, None);
+        assert_eq!(choice.extra["extra_choice"], serde_json::json!([1, 2]));
+        assert_eq!(choice.delta.content.as_deref(), Some("hi"));
+        assert_eq!(choice.delta.extra["reasoning_content"], "r");
+        // The same through a `Value`, and back out with nothing lost.
+        let value: Value = serde_json::from_str(text).unwrap();
+        let via_value: ChatChunk = serde_json::from_value(value).unwrap();
+        assert_eq!(via_value, chunk);
+        let again: ChatChunk =
+            serde_json::from_str(&serde_json::to_string(&chunk).unwrap()).unwrap();
+        assert_eq!(again, chunk);
+        assert!(serde_json::from_str::<ChatChunk>(r#"{"choices":[{"delta":7}]}"#).is_err());
+        assert!(serde_json::from_str::<ChatChunk>("[]").is_err());
+    }
 
     #[test]
     fn unknown_fields_round_trip_untouched() {

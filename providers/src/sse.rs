@@ -78,7 +78,6 @@ impl SseParser {
     }
 
     fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
-        // Whole runs of line content are copied at once, not byte by byte.
         while !bytes.is_empty() {
             if self.pending_cr {
                 self.pending_cr = false;
@@ -87,13 +86,18 @@ impl SseParser {
                     continue;
                 }
             }
-            match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', bytes) {
                 Some(at) => {
                     let (content, rest) = bytes.split_at(at);
-                    self.line.extend_from_slice(content);
                     self.pending_cr = rest.first() == Some(&b'\r');
                     bytes = rest.get(1..).unwrap_or_default();
-                    self.end_line(out);
+                    if self.line.is_empty() {
+                        // The whole line is in this read: no copy.
+                        self.process_line(content, out);
+                    } else {
+                        self.line.extend_from_slice(content);
+                        self.end_line(out);
+                    }
                 }
                 None => {
                     self.line.extend_from_slice(bytes);
