@@ -414,6 +414,7 @@ fn chunk(model: &str, delta: ChunkDelta, finish: Option<&str>) -> ChatChunk {
         }],
         usage: None,
         extra: Default::default(),
+        source: Default::default(),
     }
 }
 

@@ -464,6 +464,49 @@ pub struct ChatChunk {
     /// Every other field.
     #[serde(flatten)]
     pub extra: Extra,
+    /// The event data this chunk was parsed from, when it is exactly that
+    /// (adapters set it). Whoever changes a field of the chunk must
+    /// [`clear`](ChunkSource::clear) it; a writer may then send these bytes
+    /// instead of serialising the chunk again.
+    #[serde(skip)]
+    pub source: ChunkSource,
+}
+
+/// The upstream bytes of a [`ChatChunk`]. It plays no part in equality:
+/// two chunks with the same fields are equal wherever they came from.
+#[derive(Clone, Default)]
+pub struct ChunkSource(Option<bytes::Bytes>);
+
+impl ChunkSource {
+    /// The data of the event the chunk was parsed from.
+    pub fn new(data: bytes::Bytes) -> Self {
+        Self(Some(data))
+    }
+
+    /// The bytes, while the chunk is unchanged.
+    pub fn bytes(&self) -> Option<&bytes::Bytes> {
+        self.0.as_ref()
+    }
+
+    /// Forgets the bytes: the chunk no longer matches them.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl PartialEq for ChunkSource {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for ChunkSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(bytes) => write!(f, "ChunkSource({} bytes)", bytes.len()),
+            None => f.write_str("ChunkSource(none)"),
+        }
+    }
 }
 
 impl ChatChunk {

@@ -903,6 +903,7 @@ impl AnthropicToChunks {
             }],
             usage: None,
             extra: Map::new(),
+            source: Default::default(),
         }
     }
 

@@ -45,6 +45,15 @@ pub fn json_data<T: serde::Serialize>(value: &T) -> serde_json::Result<Bytes> {
     Ok(out.into())
 }
 
+/// `data: <data>\n\n` for event data that is already one line of JSON.
+pub fn bytes_data(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out.into()
+}
+
 /// `event: <name>\ndata: <json>\n\n` (`data:` alone when there is no name).
 pub fn event(name: Option<&str>, data: &str) -> String {
     let mut out = String::with_capacity(data.len() + 32);

@@ -1092,3 +1092,65 @@ async fn a_stream_cut_after_content_is_resumed_on_another_deployment() {
     assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn unchanged_stream_chunks_are_forwarded_as_the_upstreams_bytes() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider(
+            "alpha",
+            &up.base_url(),
+            &[("same-name", "same-name"), ("alias", "upstream-name")],
+            ""
+        )
+    );
+    let gw = gateway(&toml).await;
+    let http = reqwest::Client::new();
+    let stream = |model: &str, usage: bool| {
+        let mut request = chat(model);
+        request["stream"] = json!(true);
+        if usage {
+            request["stream_options"] = json!({"include_usage": true});
+        }
+        let (http, url) = (http.clone(), gw.url("/v1/chat/completions"));
+        async move {
+            let text = http
+                .post(url)
+                .json(&request)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            sse_data(&text)
+        }
+    };
+    // The fake upstream writes its JSON with sorted keys (`choices`
+    // first); the gateway's own serialisation starts with `id`.
+    for usage in [false, true] {
+        let data = stream("same-name", usage).await;
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let chunks = &data[..data.len() - 1];
+        assert!(
+            chunks.iter().all(|d| d.starts_with("{\"choices\":")),
+            "forwarded as sent: {data:?}"
+        );
+        let usage_chunks = chunks
+            .iter()
+            .filter(|d| serde_json::from_str::<Value>(d).unwrap()["usage"].is_object())
+            .count();
+        assert_eq!(usage_chunks, usize::from(usage));
+    }
+    // A relabelled model is serialised again, with the client's name.
+    let data = stream("alias", false).await;
+    let chunks = &data[..data.len() - 1];
+    assert!(chunks.iter().all(|d| d.starts_with("{\"id\":")), "{data:?}");
+    for chunk in chunks {
+        assert_eq!(
+            serde_json::from_str::<Value>(chunk).unwrap()["model"],
+            "alias"
+        );
+    }
+}

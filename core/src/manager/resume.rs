@@ -225,6 +225,7 @@ impl ResumingStream {
                 (chunk.usage.as_mut(), self.carried_usage.as_ref())
             {
                 usage.accumulate(carried);
+                chunk.source.clear();
             }
             return Some(Ok(chunk));
         }
@@ -255,6 +256,7 @@ impl ResumingStream {
                 if let Some(choice) = chunk.choices.first_mut() {
                     choice.delta.content = Some(new_text.clone());
                 }
+                chunk.source.clear();
                 if new_text.is_empty() && chunk.finish_reason().is_none() {
                     return None;
                 }

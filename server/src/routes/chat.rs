@@ -237,6 +237,18 @@ impl ChatEvents {
                     {
                         continue;
                     }
+                    // The upstream's own bytes when they are already what
+                    // the client gets: same model name, one line, and no
+                    // `usage` field the client did not ask for.
+                    if let Some(data) = chunk.source.bytes() {
+                        if chunk.model == self.answered.model
+                            && memchr::memchr2(b'\n', b'\r', data).is_none()
+                            && (self.client_wants_usage
+                                || memchr::memmem::find(data, b"\"usage\"").is_none())
+                        {
+                            return Some(sse::bytes_data(data));
+                        }
+                    }
                     chunk.model.clone_from(&self.answered.model);
                     match sse::json_data(&chunk) {
                         Ok(frame) => return Some(frame),
