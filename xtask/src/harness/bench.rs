@@ -307,8 +307,10 @@ async fn start_nginx(dir: &Path, upstream_port: u16) -> Result<Proxy, String> {
     let port = free_port()?;
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
+    // One process, no master: killing the child on drop then stops nginx
+    // (a killed master left its worker running after the bench).
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+        "master_process off;\ndaemon off;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
            fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
