@@ -105,8 +105,14 @@ impl RawChatResponse {
     }
 
     /// A typed answer as bytes (adapters that do not speak the format).
-    pub fn from_response(response: &crate::types::ChatResponse) -> Result<Self, serde_json::Error> {
-        let body = Bytes::from(serde_json::to_vec(response)?);
+    pub fn from_response(
+        response: &crate::types::ChatResponse,
+    ) -> Result<Self, crate::error::ProviderError> {
+        let body =
+            serde_json::to_vec(response).map_err(|e| crate::error::ProviderError::Protocol {
+                message: format!("cannot serialise the chat completion: {e}"),
+            })?;
+        let body = Bytes::from(body);
         Ok(Self {
             model_span: model_span(&body),
             usage: response.usage.clone(),

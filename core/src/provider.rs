@@ -169,9 +169,7 @@ pub trait Provider: Send + Sync + 'static {
         };
         let request: ChatRequest = serde_json::from_slice(&body).map_err(invalid)?;
         let response = self.chat(request, ctx).await?;
-        RawChatResponse::from_response(&response).map_err(|e| ProviderError::Protocol {
-            message: format!("cannot serialise the chat completion: {e}"),
-        })
+        RawChatResponse::from_response(&response)
     }
 
     /// A streaming chat completion: returns once response headers arrived.

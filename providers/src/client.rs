@@ -7,7 +7,6 @@
 //! overhead — about 12 µs a request on the bench machine.
 
 use std::fmt;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -22,27 +21,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::ConfigError;
 
+use crate::http::HttpOptions;
+
 /// The pooled client every provider of a factory shares (HTTP/1.1, and
 /// HTTP/2 when TLS negotiates it).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Pool and socket settings of [`HttpClient`].
-#[derive(Clone, Copy, Debug)]
-pub struct ClientSettings {
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle connections are closed after this long.
-    pub pool_idle_timeout: Duration,
-    /// Idle connections kept per host.
-    pub pool_max_idle_per_host: usize,
-    /// TCP keep-alive probes on open connections.
-    pub tcp_keepalive: Duration,
-}
-
 /// Builds the pooled client: TCP_NODELAY, keep-alive, connect timeout,
 /// rustls with the platform's roots, ALPN for HTTP/2. It never follows
 /// redirects (hyper has no such layer); a 3xx reaches the caller.
-pub fn build(settings: ClientSettings) -> Result<HttpClient, ConfigError> {
+pub fn build(settings: &HttpOptions) -> Result<HttpClient, ConfigError> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -229,13 +217,7 @@ mod tests {
         let request =
             UpstreamRequest::new(Method::GET, Err("bad url".to_owned()), HeaderMap::new());
         assert!(request.headers().is_none());
-        let client = build(ClientSettings {
-            connect_timeout: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(1),
-            pool_max_idle_per_host: 1,
-            tcp_keepalive: Duration::from_secs(1),
-        })
-        .unwrap();
+        let client = build(&HttpOptions::default()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -27,9 +27,7 @@ use switchyard_core::{
     CallContext, ConfigError, ProviderError, Secret, TimeoutPhase, UpstreamCategory, UpstreamError,
 };
 
-use crate::client::{
-    ClientSettings, HttpClient, TransportError, UpstreamRequest, UpstreamResponse,
-};
+use crate::client::{HttpClient, TransportError, UpstreamRequest, UpstreamResponse};
 use crate::wire::ErrorFields;
 
 /// Connection-pool settings shared by every provider a factory builds.
@@ -58,12 +56,7 @@ impl Default for HttpOptions {
 
 /// Builds one provider's pooled client. Redirects are never followed.
 pub fn build_client(options: &HttpOptions) -> Result<HttpClient, ConfigError> {
-    crate::client::build(ClientSettings {
-        connect_timeout: options.connect_timeout,
-        pool_idle_timeout: options.pool_idle_timeout,
-        pool_max_idle_per_host: options.pool_max_idle_per_host,
-        tcp_keepalive: options.tcp_keepalive,
-    })
+    crate::client::build(options)
 }
 
 /// Sent as `User-Agent` on every upstream request.

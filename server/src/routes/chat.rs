@@ -22,8 +22,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use switchyard_core::{
-    ChatRequest, FailoverOptions, ManagedStream, Pricing, ProviderError, RawChatResponse,
-    RequestType, json,
+    ChatRequest, FailoverOptions, ManagedStream, Pricing, RawChatResponse, RequestType, json,
 };
 use tracing::Instrument;
 
@@ -121,11 +120,7 @@ async fn unary(
                     }
                     Outgoing::Typed(request) => {
                         let response = attempt.provider.chat(*request, &attempt.ctx).await?;
-                        RawChatResponse::from_response(&response).map_err(|e| {
-                            ProviderError::Protocol {
-                                message: format!("cannot serialise the chat completion: {e}"),
-                            }
-                        })?
+                        RawChatResponse::from_response(&response)?
                     }
                 };
                 if let Some(usage) = &response.usage {
