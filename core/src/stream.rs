@@ -29,6 +29,11 @@ pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
 pub struct TimedStream {
     inner: ChatStream,
     sleep: Pin<Box<Sleep>>,
+    /// When the current limit runs out. The sleep may be set earlier
+    /// than this (it then re-arms when it fires) but never later: moving a
+    /// timer on every chunk costs a timer-wheel update, so a limit that
+    /// only grows is applied lazily.
+    due: Instant,
     idle_timeout: Duration,
     deadline: Option<Instant>,
     seen_content: bool,
@@ -40,18 +45,18 @@ pub struct TimedStream {
 impl TimedStream {
     /// Wraps `inner`; the first-token clock starts now.
     pub fn new(inner: ChatStream, ctx: &CallContext) -> Self {
-        let mut stream = Self {
+        let due = Self::limit_at(ctx.deadline, ctx.first_token_timeout);
+        Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
             idle_timeout: ctx.stream_idle_timeout,
             deadline: ctx.deadline,
             seen_content: false,
             finished: false,
             done: false,
             chunks: 0,
-        };
-        stream.arm(ctx.first_token_timeout);
-        stream
+        }
     }
 
     /// Wraps `inner` with the first-token clock already partly used.
@@ -59,12 +64,32 @@ impl TimedStream {
         Box::pin(Self::new(inner, ctx))
     }
 
+    fn limit_at(deadline: Option<Instant>, limit: Duration) -> Instant {
+        let at = Instant::now() + limit;
+        deadline.map_or(at, |deadline| at.min(deadline))
+    }
+
     fn arm(&mut self, limit: Duration) {
-        let mut at = Instant::now() + limit;
-        if let Some(deadline) = self.deadline {
-            at = at.min(deadline);
+        let at = Self::limit_at(self.deadline, limit);
+        self.due = at;
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
         }
-        self.sleep.as_mut().reset(at);
+    }
+
+    /// Whether the limit really ran out when the sleep fired; if it only
+    /// moved later, the sleep is set to the new time instead.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.sleep.deadline() >= self.due {
+                return true;
+            }
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
+        }
     }
 
     fn on_chunk(&mut self, chunk: &ChatChunk) {
@@ -120,17 +145,17 @@ impl Stream for TimedStream {
                     })))
                 }
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.done = true;
-                    if this.finished {
-                        Poll::Ready(None)
-                    } else {
-                        Poll::Ready(Some(Err(this.timeout_error())))
-                    }
+            Poll::Pending => {
+                if !this.expired(cx) {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                this.done = true;
+                if this.finished {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(this.timeout_error())))
+                }
+            }
         }
     }
 }
@@ -211,6 +236,42 @@ mod tests {
             ]
         );
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_chunk_pushes_the_stall_limit_back_to_its_full_length() {
+        // First-token limit 2 s, idle limit 5 s: chunks at 1..=4 s keep the
+        // stream alive past both the first-token limit and 5 s, and the
+        // stall is reported exactly 5 s after the last chunk.
+        let ctx = CallContext {
+            first_token_timeout: Duration::from_secs(2),
+            stream_idle_timeout: Duration::from_secs(5),
+            ..CallContext::default()
+        };
+        let paced = futures_util::stream::unfold(1u64, |n| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some((Ok(chunk(&n.to_string(), None)), n + 1))
+        })
+        .take(4)
+        .chain(futures_util::stream::pending());
+        let start = Instant::now();
+        let out: Vec<_> = TimedStream::boxed(Box::pin(paced), &ctx)
+            .map(|r| r.map(|c| c.text()))
+            .collect()
+            .await;
+        assert_eq!(
+            out,
+            vec![
+                Ok("1".to_owned()),
+                Ok("2".to_owned()),
+                Ok("3".to_owned()),
+                Ok("4".to_owned()),
+                Err(ProviderError::Timeout {
+                    phase: TimeoutPhase::StreamIdle
+                })
+            ]
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
     }
 
     #[tokio::test(start_paused = true)]
