@@ -8,8 +8,12 @@
 //! it when the client did not ask).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
+use futures_core::Stream;
 use serde_json::Value;
 use switchyard_core::config::{HealthCheckMode, NamedHealthCheck};
 use switchyard_core::stream::TimedStream;
@@ -20,6 +24,7 @@ use switchyard_core::{
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
+use crate::sse::SseEvent;
 use crate::stream::{
     DRAIN_LIMIT, ResponseEvents, count_malformed, in_band_error, is_done, response_events,
     source_failure,
@@ -145,7 +150,8 @@ pub(crate) async fn open_stream(
     Ok((response, timed))
 }
 
-/// The state of an OpenAI chunk stream.
+/// An OpenAI chunk stream: SSE events in, chunks out, polled directly so
+/// a chunk moves no future on its way.
 struct ChunkReader {
     events: ResponseEvents,
     provider: String,
@@ -153,72 +159,103 @@ struct ChunkReader {
     chunks: u64,
     finished: bool,
     done: bool,
+    /// After `[DONE]`: the rest of the body is read for at most this long.
+    draining: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ChunkReader {
-    async fn next_item(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
-        loop {
-            if self.done {
-                return None;
+    /// What a stream that saw `[DONE]` ends with.
+    fn after_done(&self) -> Option<Result<ChatChunk, ProviderError>> {
+        (!self.finished).then_some(Err(ProviderError::StreamCut {
+            chunks: self.chunks,
+        }))
+    }
+
+    /// A chunk or in-band error from one event; `None` for a malformed one.
+    fn read(&mut self, event: SseEvent) -> Option<Result<ChatChunk, ProviderError>> {
+        // Almost every event is a plain chunk: parse it straight into
+        // one (parsing a `Value` first doubled the cost of a chunk).
+        if event.event.as_deref() != Some("error") {
+            if let Ok(mut chunk) = serde_json::from_str::<ChatChunk>(&event.data) {
+                if chunk.extra.get("error").is_none_or(Value::is_null) {
+                    self.count(&chunk);
+                    // The data itself goes along: unchanged chunks are
+                    // written out as these bytes, not serialised again.
+                    chunk.source = ChunkSource::new(event.data.into_bytes().into());
+                    return Some(Ok(chunk));
+                }
             }
-            let event = match self.events.next_event().await {
+        }
+        let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+            count_malformed(&self.provider);
+            return None;
+        };
+        let error_event = event.event.as_deref() == Some("error")
+            || value.get("error").is_some_and(|e| !e.is_null());
+        if error_event {
+            self.done = true;
+            return Some(Err(in_band_error(&value, self.secret.as_ref())));
+        }
+        let Ok(chunk) = serde_json::from_value::<ChatChunk>(value) else {
+            count_malformed(&self.provider);
+            return None;
+        };
+        self.count(&chunk);
+        Some(Ok(chunk))
+    }
+
+    fn count(&mut self, chunk: &ChatChunk) {
+        self.chunks += 1;
+        if chunk.finish_reason().is_some() {
+            self.finished = true;
+        }
+    }
+}
+
+impl Stream for ChunkReader {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(limit) = this.draining.as_mut() {
+                if this.events.poll_drain(cx).is_pending() && limit.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.draining = None;
+                this.events.stop();
+                return Poll::Ready(this.after_done());
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let event = match ready!(this.events.poll_next_event(cx)) {
                 Some(Ok(event)) => event,
                 Some(Err(error)) => {
-                    self.done = true;
-                    if self.finished {
-                        return None;
+                    this.done = true;
+                    if this.finished {
+                        return Poll::Ready(None);
                     }
-                    return Some(Err(source_failure(error, self.chunks)));
+                    return Poll::Ready(Some(Err(source_failure(error, this.chunks))));
                 }
                 None => {
-                    self.done = true;
-                    return (!self.finished).then_some(Err(ProviderError::StreamCut {
-                        chunks: self.chunks,
-                    }));
+                    this.done = true;
+                    return Poll::Ready(this.after_done());
                 }
             };
             if is_done(&event) {
-                self.done = true;
-                self.events.drain(DRAIN_LIMIT).await;
-                return (!self.finished).then_some(Err(ProviderError::StreamCut {
-                    chunks: self.chunks,
-                }));
-            }
-            // Almost every event is a plain chunk: parse it straight into
-            // one (parsing a `Value` first doubled the cost of a chunk).
-            if event.event.as_deref() != Some("error") {
-                if let Ok(mut chunk) = serde_json::from_str::<ChatChunk>(&event.data) {
-                    if chunk.extra.get("error").is_none_or(Value::is_null) {
-                        self.chunks += 1;
-                        if chunk.finish_reason().is_some() {
-                            self.finished = true;
-                        }
-                        // The data itself goes along: unchanged chunks are
-                        // written out as these bytes, not serialised again.
-                        chunk.source = ChunkSource::new(event.data.into_bytes().into());
-                        return Some(Ok(chunk));
-                    }
+                this.done = true;
+                // The body nearly always ends right after `[DONE]`; a timer
+                // is set only when it has not.
+                if this.events.poll_drain(cx).is_ready() {
+                    return Poll::Ready(this.after_done());
                 }
-            }
-            let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
-                count_malformed(&self.provider);
+                this.draining = Some(Box::pin(tokio::time::sleep(DRAIN_LIMIT)));
                 continue;
-            };
-            let error_event = event.event.as_deref() == Some("error")
-                || value.get("error").is_some_and(|e| !e.is_null());
-            if error_event {
-                self.done = true;
-                return Some(Err(in_band_error(&value, self.secret.as_ref())));
             }
-            let Ok(chunk) = serde_json::from_value::<ChatChunk>(value) else {
-                count_malformed(&self.provider);
-                continue;
-            };
-            self.chunks += 1;
-            if chunk.finish_reason().is_some() {
-                self.finished = true;
+            if let Some(item) = this.read(event) {
+                return Poll::Ready(Some(item));
             }
-            return Some(Ok(chunk));
         }
     }
 }
@@ -228,18 +265,15 @@ pub(crate) fn chunk_stream(
     response: crate::client::UpstreamResponse,
     http: &Upstream,
 ) -> ChatStream {
-    let reader = ChunkReader {
+    Box::pin(ChunkReader {
         events: response_events(response),
         provider: http.provider_id().to_owned(),
         secret: http.secret().cloned(),
         chunks: 0,
         finished: false,
         done: false,
-    };
-    Box::pin(futures_util::stream::unfold(reader, |mut reader| async {
-        let item = reader.next_item().await?;
-        Some((item, reader))
-    }))
+        draining: None,
+    })
 }
 
 /// Lists models (`GET {base}/models`), OpenAI shape.

@@ -18,6 +18,8 @@
 
 use std::collections::VecDeque;
 
+use std::task::{Context, Poll, ready};
+
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -155,11 +157,13 @@ impl SseParser {
                     self.data.push('\n');
                 }
                 self.has_data = true;
-                self.data.push_str(&String::from_utf8_lossy(value));
+                push_lossy(&mut self.data, value);
                 self.event_bytes += value.len() + 1;
             }
             b"event" => {
-                self.event = Some(String::from_utf8_lossy(value).into_owned());
+                let mut name = String::new();
+                push_lossy(&mut name, value);
+                self.event = Some(name);
                 self.event_bytes += value.len();
             }
             _ => {}
@@ -178,6 +182,16 @@ impl SseParser {
             event: event.filter(|e| !e.is_empty()),
             data: std::mem::take(&mut self.data),
         });
+    }
+}
+
+/// Appends `bytes` as text, invalid UTF-8 replaced. Valid text (nearly
+/// always) is checked by the fast validator, not the replacing one, which
+/// runs byte by byte and cost more than the JSON parse of a chunk.
+fn push_lossy(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
@@ -234,28 +248,36 @@ where
 
     /// The next event; `None` at the end of input.
     pub async fn next_event(&mut self) -> Option<Result<SseEvent, SourceError<E>>> {
+        std::future::poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// [`next_event`](Self::next_event) for callers that are streams themselves.
+    pub fn poll_next_event(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<SseEvent, SourceError<E>>>> {
         loop {
             if let Some(event) = self.queue.pop_front() {
-                return Some(Ok(event));
+                return Poll::Ready(Some(Ok(event)));
             }
             if self.ended {
-                return None;
+                return Poll::Ready(None);
             }
-            match self.inner.next().await {
+            match ready!(self.inner.poll_next_unpin(cx)) {
                 Some(Ok(bytes)) => {
                     self.parser.push(&bytes, &mut self.scratch);
                     self.queue.extend(self.scratch.drain(..));
                     if self.parser.buffered() > MAX_EVENT_BYTES {
                         self.ended = true;
                         self.queue.clear();
-                        return Some(Err(SourceError::TooLarge));
+                        return Poll::Ready(Some(Err(SourceError::TooLarge)));
                     }
                 }
                 Some(Err(error)) => {
                     // The queue is empty here: events completed before the
                     // failure were all handed out already.
                     self.ended = true;
-                    return Some(Err(SourceError::Transport(error)));
+                    return Poll::Ready(Some(Err(SourceError::Transport(error))));
                 }
                 None => {
                     self.ended = true;
@@ -265,23 +287,29 @@ where
             }
         }
     }
-}
 
-impl<S, E> EventSource<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-{
     /// Reads and discards the rest of the input for at most `limit`: after
     /// a protocol terminator the body usually ends at once, and reading
     /// that end lets the connection go back to the pool.
     pub async fn drain(&mut self, limit: std::time::Duration) {
-        if self.ended {
-            return;
+        let _ = tokio::time::timeout(limit, std::future::poll_fn(|cx| self.poll_drain(cx))).await;
+        self.stop();
+    }
+
+    /// Reads and discards input until it ends or fails; bound it with a timer.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.ended {
+            match ready!(self.inner.poll_next_unpin(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => self.ended = true,
+            }
         }
-        let _ = tokio::time::timeout(limit, async {
-            while let Some(Ok(_)) = self.inner.next().await {}
-        })
-        .await;
+        self.queue.clear();
+        Poll::Ready(())
+    }
+
+    /// Stops reading: no more events are handed out.
+    pub fn stop(&mut self) {
         self.ended = true;
         self.queue.clear();
     }
@@ -333,6 +361,14 @@ mod tests {
             parser.push(std::slice::from_ref(byte), &mut out);
         }
         assert_eq!(out, vec![ev(None, "héllo ✓")]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_dropped() {
+        assert_eq!(
+            parse_all(b"event: p\xffng\ndata: a\xffb\ndata: ok\n\n"),
+            vec![ev(Some("p\u{FFFD}ng"), "a\u{FFFD}b\nok")]
+        );
     }
 
     #[tokio::test]

@@ -225,6 +225,17 @@ fn respond(case: &str) -> Response {
             Part::Abort,
         ]),
         "done-without-finish" => sse(vec![chunk(json!({"content": "a"}), None), done()]),
+        "done-then-silence" => sse(vec![
+            chunk(json!({"content": "a"}), None),
+            chunk(json!({}), Some("stop")),
+            done(),
+            Part::Wait(Duration::from_secs(600)),
+        ]),
+        "done-without-finish-then-silence" => sse(vec![
+            chunk(json!({"content": "a"}), None),
+            done(),
+            Part::Wait(Duration::from_secs(600)),
+        ]),
         "in-band" => sse(vec![
             chunk(json!({"content": "a"}), None),
             data(
@@ -555,6 +566,17 @@ async fn stream_outcomes_are_distinct() {
     assert_eq!((chunks.len(), error), (2, None));
     // [DONE] without finish_reason is a cut, never a complete stream.
     let (_, error) = run("done-without-finish").await;
+    assert_eq!(error, Some(ProviderError::StreamCut { chunks: 1 }));
+    // A body still open after [DONE] is read only briefly: the stream
+    // ends (complete, or cut without finish_reason) instead of waiting.
+    let bounded = |case| async move {
+        tokio::time::timeout(Duration::from_secs(60), run(case))
+            .await
+            .expect("the stream ends after [DONE] though the body stays open")
+    };
+    let (chunks, error) = bounded("done-then-silence").await;
+    assert_eq!((text_of(&chunks).as_str(), error), ("a", None));
+    let (_, error) = bounded("done-without-finish-then-silence").await;
     assert_eq!(error, Some(ProviderError::StreamCut { chunks: 1 }));
     // An in-band error is classified.
     let (chunks, error) = run("in-band").await;

@@ -21,7 +21,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
 use parking_lot::Mutex;
 
 use crate::config::StreamResume;
@@ -176,44 +178,43 @@ impl ResumingStream {
     /// Turns the state into a stream (no task spawned: dropping it drops
     /// the upstream call at once).
     pub fn into_stream(self) -> ChatStream {
-        Box::pin(futures_util::stream::unfold(self, |mut state| async move {
-            let item = state.next_item().await?;
-            Some((item, state))
-        }))
+        Box::pin(Forwarding {
+            state: Some(Box::new(self)),
+            resuming: None,
+        })
     }
 
-    async fn next_item(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
+    /// The next item of the current attempt; `Err` carries a failure that
+    /// may be resumed.
+    fn poll_item(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<ChatChunk, ProviderError>>> {
         loop {
             if self.done {
-                return None;
+                return Poll::Ready(None);
             }
             let item = match self.pending.pop_front() {
                 Some(chunk) => Some(Ok(chunk)),
                 None => match self.current.as_mut() {
-                    Some(stream) => stream.next().await,
+                    Some(stream) => ready!(stream.as_mut().poll_next(cx)),
                     None => None,
                 },
             };
             match item {
                 None => {
                     self.done = true;
-                    return None;
+                    return Poll::Ready(None);
                 }
                 Some(Ok(chunk)) => match self.forward(chunk) {
-                    Some(Ok(chunk)) => return Some(Ok(chunk)),
+                    Some(Ok(chunk)) => return Poll::Ready(Some(Ok(chunk))),
                     Some(Err(error)) => {
                         self.done = true;
-                        return Some(Err(error));
+                        return Poll::Ready(Some(Err(error)));
                     }
                     None => continue,
                 },
-                Some(Err(error)) => match self.resume(error).await {
-                    Ok(()) => continue,
-                    Err(error) => {
-                        self.done = true;
-                        return Some(Err(error));
-                    }
-                },
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
             }
         }
     }
@@ -352,6 +353,52 @@ impl ResumingStream {
         }
         // The real cause is the cut, not whatever the resumption attempts said.
         Err(error)
+    }
+}
+
+type ResumeFuture =
+    Pin<Box<dyn Future<Output = (Box<ResumingStream>, Result<(), ProviderError>)> + Send>>;
+
+/// [`ResumingStream`] as a stream. Chunks pass straight through `poll`;
+/// only a resumption, which runs the failover loop again, is a future
+/// (boxed, and built only then), so forwarding a chunk moves no future.
+struct Forwarding {
+    state: Option<Box<ResumingStream>>,
+    resuming: Option<ResumeFuture>,
+}
+
+impl Stream for Forwarding {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(resuming) = this.resuming.as_mut() {
+                let (mut state, outcome) = ready!(resuming.as_mut().poll(cx));
+                this.resuming = None;
+                if let Err(error) = outcome {
+                    state.done = true;
+                    this.state = Some(state);
+                    return Poll::Ready(Some(Err(error)));
+                }
+                this.state = Some(state);
+            }
+            let Some(state) = this.state.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(state.poll_item(cx)) {
+                Some(Err(error)) if !state.done => {
+                    let Some(mut state) = this.state.take() else {
+                        return Poll::Ready(None);
+                    };
+                    this.resuming = Some(Box::pin(async move {
+                        let outcome = state.resume(error).await;
+                        (state, outcome)
+                    }));
+                }
+                item => return Poll::Ready(item),
+            }
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 //! fail over invisibly. A stream that fails after content ends with one
 //! `data: {"error": {...}}` event and no `[DONE]`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -185,7 +187,7 @@ async fn stream(
                 recorder: Some(recorder),
                 finished: false,
             };
-            let mut response = sse::response(events.into_stream());
+            let mut response = sse::response(events);
             success_headers(&mut response, &answered);
             response
         }
@@ -193,7 +195,8 @@ async fn stream(
     }
 }
 
-/// The SSE events of one chat stream.
+/// The SSE events of one chat stream, polled directly: a chunk on its way
+/// out moves no future.
 struct ChatEvents {
     stream: ManagedStream,
     answered: Answered,
@@ -204,13 +207,6 @@ struct ChatEvents {
 }
 
 impl ChatEvents {
-    fn into_stream(self) -> impl futures_core::Stream<Item = Bytes> + Send + 'static {
-        futures_util::stream::unfold(self, |mut events| async move {
-            let next = events.next_event().await?;
-            Some((next, events))
-        })
-    }
-
     fn finish(&mut self, status: &str) {
         self.finished = true;
         if let Some(recorder) = self.recorder.take() {
@@ -218,12 +214,12 @@ impl ChatEvents {
         }
     }
 
-    async fn next_event(&mut self) -> Option<Bytes> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.finished {
-            return None;
+            return Poll::Ready(None);
         }
-        loop {
-            match self.stream.next().await {
+        Poll::Ready(loop {
+            match ready!(self.stream.poll_next_unpin(cx)) {
                 Some(Ok(mut chunk)) => {
                     if let (Some(usage), Some(recorder)) = (&chunk.usage, self.recorder.as_mut()) {
                         recorder.usage(usage);
@@ -241,12 +237,12 @@ impl ChatEvents {
                             && (self.client_wants_usage
                                 || memchr::memmem::find(data, b"\"usage\"").is_none())
                         {
-                            return Some(sse::bytes_data(data));
+                            break Some(sse::bytes_data(data));
                         }
                     }
                     chunk.model.clone_from(&self.answered.model);
                     match sse::json_data(&chunk) {
-                        Ok(frame) => return Some(frame),
+                        Ok(frame) => break Some(frame),
                         Err(error) => {
                             tracing::warn!(%error, "cannot serialise a chunk; skipped");
                             continue;
@@ -254,11 +250,10 @@ impl ChatEvents {
                     }
                 }
                 Some(Err(error)) => {
-                    // Content was already sent, so this failure cannot fail
-                    // over invisibly. Stream resumption (SPEC §5: prefill /
-                    // replay on another deployment) plugs in here; until
-                    // then the stream ends with an explicit error event and
-                    // no [DONE], never as a truncation that looks complete.
+                    // Content was already sent and the manager's stream
+                    // resumption (SPEC §5) did not continue it, so the
+                    // stream ends with an explicit error event and no
+                    // [DONE], never as a truncation that looks complete.
                     tracing::warn!(
                         provider = %self.answered.provider_id,
                         model = %self.answered.model,
@@ -269,13 +264,21 @@ impl ChatEvents {
                         stream_error(&error, &self.answered.provider_id, &self.answered.model)
                             .stream_event();
                     self.finish("stream_error");
-                    return Some(event.into());
+                    break Some(event.into());
                 }
                 None => {
                     self.finish("200");
-                    return Some(Bytes::from_static(sse::DONE.as_bytes()));
+                    break Some(Bytes::from_static(sse::DONE.as_bytes()));
                 }
             }
-        }
+        })
+    }
+}
+
+impl futures_core::Stream for ChatEvents {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.poll_event(cx)
     }
 }
