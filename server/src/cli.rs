@@ -158,10 +158,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(config.server.worker_threads()) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -176,6 +173,21 @@ fn serve(args: &ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime for `workers` threads. One worker runs the
+/// single-thread scheduler: the multi-thread one would still pass every
+/// wake-up through its shared queues and cost about a fifth more CPU per
+/// request (measured with the gateway pinned to one core).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build()
 }
 
 async fn run(
@@ -206,6 +218,24 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn one_worker_runs_the_single_thread_scheduler() {
+        use tokio::runtime::RuntimeFlavor;
+        let single = runtime(1).unwrap();
+        assert_eq!(
+            single.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        let multi = runtime(3).unwrap();
+        assert_eq!(multi.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(multi.metrics().num_workers(), 3);
+        // Both drive timers and sockets.
+        single.block_on(async {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        });
+    }
 
     #[test]
     fn cli_is_well_formed() {

@@ -40,6 +40,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub struct ServerConfig {
     /// Address to listen on (`IP:port`).
     pub listen: SocketAddr,
+    /// Threads serving requests (default: one per available core). With
+    /// one, the server runs tokio's single-thread scheduler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     /// Preferred provider region (SPEC §4.1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: None,
             region: None,
             admin_token_env: None,
             api_keys_env: None,
@@ -93,7 +98,18 @@ impl Default for ServerConfig {
     }
 }
 
+/// The most worker threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 impl ServerConfig {
+    /// How many threads serve requests: `workers`, else one per
+    /// available core (1 when that cannot be told).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// The admin token variable, and whether the file named it explicitly.
     pub fn admin_token_var(&self) -> (&str, bool) {
         match &self.admin_token_env {
@@ -125,6 +141,15 @@ impl ServerConfig {
         }
         if self.client_rpm_limit == Some(0) {
             push("client_rpm_limit", "must be at least 1 when set");
+        }
+        if self
+            .workers
+            .is_some_and(|n| !(1..=MAX_WORKERS).contains(&n))
+        {
+            push(
+                "workers",
+                &format!("must be between 1 and {MAX_WORKERS} when set"),
+            );
         }
         for (field, message) in self.cache.issues() {
             push(&format!("cache.{field}"), message);
@@ -444,6 +469,13 @@ mod tests {
         assert!(!server.allow_open_proxy && !server.log_bodies);
         assert_eq!(server.api_keys_var(), ("SWITCHYARD_API_KEYS", false));
         assert_eq!(server.admin_token_var(), ("SWITCHYARD_ADMIN_TOKEN", false));
+        assert_eq!(server.workers, None);
+        assert_eq!(
+            server.worker_threads(),
+            std::thread::available_parallelism().unwrap().get()
+        );
+        let config = Config::from_toml_str(&format!("{MINIMAL}\n[server]\nworkers = 3\n")).unwrap();
+        assert_eq!(config.server.worker_threads(), 3);
     }
 
     #[test]
@@ -489,6 +521,13 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("routes.\"m\".fallbacks"), "{err}");
+        for workers in [0, MAX_WORKERS + 1] {
+            let err = parse_err(&format!("{MINIMAL}\n[server]\nworkers = {workers}\n"));
+            assert!(
+                err.contains("server.workers: must be between 1 and 1024 when set"),
+                "{err}"
+            );
+        }
         let err = parse_err("");
         assert!(err.contains("providers: at least one provider"), "{err}");
     }
