@@ -56,6 +56,24 @@ pub fn with_model(body: &Bytes, span: &Range<usize>, model: &str) -> Bytes {
     out.freeze()
 }
 
+/// [`with_model`] for a stream request that must also ask for usage:
+/// `"stream_options":{"include_usage":true}` goes in as the object's
+/// first member. For bodies without `stream_options`; `None` when `body`
+/// does not start with an object.
+pub fn stream_with_model(body: &Bytes, span: &Range<usize>, model: &str) -> Option<Bytes> {
+    const ASK_USAGE: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body.get(open) != Some(&b'{') || open >= span.start {
+        return None;
+    }
+    let renamed = with_model(body, span, model);
+    let mut out = BytesMut::with_capacity(renamed.len() + ASK_USAGE.len());
+    out.put_slice(renamed.get(..=open)?);
+    out.put_slice(ASK_USAGE);
+    out.put_slice(renamed.get(open + 1..)?);
+    Some(out.freeze())
+}
+
 /// A chat completion answered as the upstream's bytes (OpenAI format).
 #[derive(Clone, Debug)]
 pub struct RawChatResponse {
@@ -152,6 +170,32 @@ mod tests {
         // Same name: the very same bytes, shared.
         let same = with_model(&body, &span, "gpt-4o");
         assert_eq!(same.as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn a_stream_request_gains_the_usage_option_and_the_new_model() {
+        let body = Bytes::from_static(b" \n{\"model\":\"m\",\"stream\":true,\"messages\":[]}");
+        let span = model_span(&body).unwrap();
+        let out = stream_with_model(&body, &span, "up-m").unwrap();
+        assert_eq!(
+            &out[..],
+            &b" \n{\"stream_options\":{\"include_usage\":true},\"model\":\"up-m\",\"stream\":true,\"messages\":[]}"[..]
+        );
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["model"], "up-m");
+        // Same model: only the option goes in.
+        let out = stream_with_model(&body, &span, "m").unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (value["model"].as_str(), value["stream"].as_bool()),
+            (Some("m"), Some(true))
+        );
+        // Not an object at the start: refused.
+        assert_eq!(
+            stream_with_model(&Bytes::from_static(b"[1]"), &(0..1), "m"),
+            None
+        );
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub trait Provider: Send + Sync + 'static {
         ctx: &CallContext,
     ) -> Result<ChatResponse, ProviderError>;
 
-    /// Whether [`Provider::chat_json`] sends the body as it is (the
+    /// Whether [`Provider::chat_json`] and [`Provider::chat_stream_json`]
+    /// send the body as it is (the
     /// adapter speaks OpenAI's wire format); callers then skip building a
     /// [`ChatRequest`] per attempt and splice only `model`.
     fn forwards_openai_json(&self) -> bool {
@@ -170,6 +171,24 @@ pub trait Provider: Send + Sync + 'static {
         let request: ChatRequest = serde_json::from_slice(&body).map_err(invalid)?;
         let response = self.chat(request, ctx).await?;
         RawChatResponse::from_response(&response)
+    }
+
+    /// A streaming chat completion from OpenAI-format JSON bytes: `body`
+    /// is a valid chat request with `"stream": true` and
+    /// `stream_options.include_usage` set, whose `model` is already the
+    /// upstream name. The default parses it and calls
+    /// [`Provider::chat_stream`]; adapters that speak the format (see
+    /// [`Provider::forwards_openai_json`]) send the bytes as they are.
+    async fn chat_stream_json(
+        &self,
+        body: bytes::Bytes,
+        ctx: &CallContext,
+    ) -> Result<ChatStream, ProviderError> {
+        let request: ChatRequest =
+            serde_json::from_slice(&body).map_err(|e| ProviderError::Protocol {
+                message: format!("cannot re-read the chat request: {e}"),
+            })?;
+        self.chat_stream(request, ctx).await
     }
 
     /// A streaming chat completion: returns once response headers arrived.

@@ -388,6 +388,14 @@ impl Provider for OpenAiProvider {
         options.include_usage = true;
         request.stream_options = Some(options);
         let body = Self::body(&request)?;
+        self.chat_stream_json(body.into(), ctx).await
+    }
+
+    async fn chat_stream_json(
+        &self,
+        body: bytes::Bytes,
+        ctx: &CallContext,
+    ) -> Result<ChatStream, ProviderError> {
         let builder = self.http.post_json("/chat/completions", body, ctx).header(
             ::http::header::ACCEPT,
             ::http::HeaderValue::from_static("text/event-stream"),

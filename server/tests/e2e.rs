@@ -109,12 +109,17 @@ async fn every_endpoint_answers() {
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     );
 
-    // Chat, stream, with and without usage asked for.
-    for client_usage in [false, true] {
+    // Chat, stream, with and without usage asked for; `null` options are
+    // as good as none.
+    for (client_usage, options) in [
+        (false, None),
+        (true, Some(json!({"include_usage": true}))),
+        (false, Some(Value::Null)),
+    ] {
         let mut request = chat("gpt-x");
         request["stream"] = json!(true);
-        if client_usage {
-            request["stream_options"] = json!({"include_usage": true});
+        if let Some(options) = options.clone() {
+            request["stream_options"] = options;
         }
         let response = http
             .post(gw.url("/v1/chat/completions"))
@@ -140,9 +145,20 @@ async fn every_endpoint_answers() {
             let chunk: Value = serde_json::from_str(chunk).unwrap();
             assert_eq!(chunk["model"], "gpt-x");
         }
-        // The upstream was always asked for usage.
+        // The upstream was always asked for usage, by its model name.
         let seen = up.seen().into_iter().last().unwrap();
         assert_eq!(seen.body["stream_options"]["include_usage"], true);
+        assert_eq!(seen.body["model"], "gpt-x-up");
+        assert_eq!(seen.body["stream"], true);
+        // Without options, the client's own bytes went up (its keys in its
+        // order, `messages` first) with the option spliced in front; a
+        // re-serialised request would start with `model`.
+        if options.is_none() {
+            assert_eq!(
+                seen.raw,
+                r#"{"stream_options":{"include_usage":true},"messages":[{"content":"hi","role":"user"}],"model":"gpt-x-up","stream":true}"#
+            );
+        }
     }
 
     // Tools.

@@ -69,14 +69,15 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
         request.output_limit(),
     );
     if request.stream {
-        stream(state, request, options, recorder).await
+        stream(state, request, body, options, recorder).await
     } else {
         unary(state, request, body, options, recorder).await
     }
 }
 
-/// One attempt's request: the client's bytes with `model` swapped, for
-/// adapters that speak OpenAI's format; else the parsed request.
+/// One attempt's request: the client's bytes with `model` swapped (and,
+/// for a stream, usage asked for), for adapters that speak OpenAI's
+/// format; else the parsed request.
 enum Outgoing {
     Forwarded(Bytes),
     Typed(Box<ChatRequest>),
@@ -139,6 +140,7 @@ async fn unary(
 async fn stream(
     state: AppState,
     request: ChatRequest,
+    body: Bytes,
     options: FailoverOptions,
     mut recorder: Recorder,
 ) -> Response {
@@ -146,6 +148,20 @@ async fn stream(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
+    // The client's bytes can go up with `model` swapped (and usage asked
+    // for when the client sent no `stream_options`); other options are
+    // rare and take the typed way, which sets `include_usage`.
+    let asks_usage = request.stream_options.is_none();
+    // (`"stream_options": null` parses as none, but a second key is not
+    // for splicing.)
+    let forwardable = if (asks_usage
+        && memchr::memmem::find(&body, b"\"stream_options\"").is_none())
+        || client_wants_usage
+    {
+        json::model_span(&body).map(|span| (body, span))
+    } else {
+        None
+    };
     let upstream = recorder.upstream();
     // The pricing of the attempt that answered: the last one `op` saw.
     let pricing = Arc::new(Mutex::new(Pricing::default()));
@@ -153,20 +169,49 @@ async fn stream(
     let outcome = state
         .manager
         .execute_stream_with_failover(options, move |mut attempt| {
-            let mut request = request.clone();
-            attempt.apply_resume(&mut request);
-            request.model.clone_from(&attempt.upstream_model);
-            request.stream = true;
-            request
-                .stream_options
-                .get_or_insert_with(Default::default)
-                .include_usage = true;
+            let forwarded = match &forwardable {
+                // A resumption changes the messages: typed.
+                Some((body, span))
+                    if attempt.resume.is_none() && attempt.provider.forwards_openai_json() =>
+                {
+                    if asks_usage {
+                        json::stream_with_model(body, span, &attempt.upstream_model)
+                    } else {
+                        Some(json::with_model(body, span, &attempt.upstream_model))
+                    }
+                }
+                _ => None,
+            };
+            let outgoing = match forwarded {
+                Some(bytes) => Outgoing::Forwarded(bytes),
+                None => {
+                    let mut request = request.clone();
+                    attempt.apply_resume(&mut request);
+                    request.model.clone_from(&attempt.upstream_model);
+                    request.stream = true;
+                    request
+                        .stream_options
+                        .get_or_insert_with(Default::default)
+                        .include_usage = true;
+                    Outgoing::Typed(Box::new(request))
+                }
+            };
             *slot.lock() = attempt.deployment.pricing();
             let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
                 let timing = timer.span();
-                let stream = attempt.provider.chat_stream(request, &attempt.ctx).await?;
+                let stream = match outgoing {
+                    Outgoing::Forwarded(body) => {
+                        attempt
+                            .provider
+                            .chat_stream_json(body, &attempt.ctx)
+                            .await?
+                    }
+                    Outgoing::Typed(request) => {
+                        attempt.provider.chat_stream(*request, &attempt.ctx).await?
+                    }
+                };
                 let timed: switchyard_core::ChatStream =
                     Box::pin(UntilFirstItem::new(stream, timing));
                 Ok(timed)

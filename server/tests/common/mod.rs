@@ -50,6 +50,8 @@ pub struct Seen {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body as sent, for tests about its exact bytes.
+    pub raw: String,
 }
 
 #[derive(Clone)]
@@ -62,11 +64,12 @@ struct Fake {
 }
 
 impl Fake {
-    fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
+    fn record(&self, path: &str, headers: &HeaderMap, body: &Value, raw: &[u8]) {
         self.seen.lock().push(Seen {
             path: path.to_owned(),
             headers: headers.clone(),
             body: body.clone(),
+            raw: String::from_utf8_lossy(raw).into_owned(),
         });
     }
 
@@ -256,7 +259,7 @@ fn tool_call() -> Value {
 
 async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, bytes: Bytes) -> Response {
     let body = body_json(&bytes);
-    fake.record("/v1/chat/completions", &headers, &body);
+    fake.record("/v1/chat/completions", &headers, &body, &bytes);
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     if let Some(error) = scripted_openai_error(&fake, &model, &headers) {
         return error;
@@ -388,7 +391,7 @@ fn slow_stream(fake: Fake, first: Vec<Value>, count: u32) -> Response {
 
 async fn openai_embeddings(State(fake): State<Fake>, headers: HeaderMap, bytes: Bytes) -> Response {
     let body = body_json(&bytes);
-    fake.record("/v1/embeddings", &headers, &body);
+    fake.record("/v1/embeddings", &headers, &body, &bytes);
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     if let Some(error) = scripted_openai_error(&fake, &model, &headers) {
         return error;
@@ -408,7 +411,7 @@ async fn openai_completions(
     bytes: Bytes,
 ) -> Response {
     let body = body_json(&bytes);
-    fake.record("/v1/completions", &headers, &body);
+    fake.record("/v1/completions", &headers, &body, &bytes);
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     if let Some(error) = scripted_openai_error(&fake, &model, &headers) {
         return error;
@@ -422,7 +425,7 @@ async fn openai_completions(
 }
 
 async fn openai_models(State(fake): State<Fake>, headers: HeaderMap) -> Response {
-    fake.record("/v1/models", &headers, &Value::Null);
+    fake.record("/v1/models", &headers, &Value::Null, b"");
     axum::Json(json!({
         "object": "list",
         "data": [
@@ -462,7 +465,7 @@ async fn anthropic_messages(
     bytes: Bytes,
 ) -> Response {
     let body = body_json(&bytes);
-    fake.record("/v1/messages", &headers, &body);
+    fake.record("/v1/messages", &headers, &body, &bytes);
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     if key != fake.key.as_deref() || headers.get("anthropic-version").is_none() {
         return anthropic_error(401, "authentication_error", "invalid x-api-key");
@@ -519,7 +522,7 @@ async fn anthropic_messages(
 }
 
 async fn anthropic_models(State(fake): State<Fake>, headers: HeaderMap) -> Response {
-    fake.record("/v1/models", &headers, &Value::Null);
+    fake.record("/v1/models", &headers, &Value::Null, b"");
     axum::Json(json!({
         "data": [{"type": "model", "id": "claude-fake", "display_name": "Claude Fake", "created_at": "2025-01-01T00:00:00Z"}],
         "has_more": false, "first_id": "claude-fake", "last_id": "claude-fake",
