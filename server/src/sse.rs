@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use bytes::{BufMut, BytesMut};
 use futures_core::Stream;
 use futures_util::StreamExt;
 
@@ -36,22 +37,24 @@ where
     response
 }
 
-/// `data: <value as JSON>\n\n`, serialised straight into the frame.
-pub fn json_data<T: serde::Serialize>(value: &T) -> serde_json::Result<Bytes> {
-    let mut out = Vec::with_capacity(512);
+/// Appends `data: <value as JSON>\n\n` to `out`; on error `out` is as it was.
+pub fn put_json_data<T: serde::Serialize>(out: &mut BytesMut, value: &T) -> serde_json::Result<()> {
+    let start = out.len();
     out.extend_from_slice(b"data: ");
-    serde_json::to_writer(&mut out, value)?;
+    if let Err(error) = serde_json::to_writer((&mut *out).writer(), value) {
+        out.truncate(start);
+        return Err(error);
+    }
     out.extend_from_slice(b"\n\n");
-    Ok(out.into())
+    Ok(())
 }
 
-/// `data: <data>\n\n` for event data that is already one line of JSON.
-pub fn bytes_data(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 8);
+/// Appends `data: <data>\n\n` for event data that is already one line of JSON.
+pub fn put_data(out: &mut BytesMut, data: &[u8]) {
+    out.reserve(data.len() + 8);
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\n\n");
-    out.into()
 }
 
 /// `event: <name>\ndata: <json>\n\n` (`data:` alone when there is no name).
@@ -111,19 +114,24 @@ mod tests {
 
     #[test]
     fn framing() {
-        assert_eq!(
-            &json_data(&serde_json::json!({"a": 1})).unwrap()[..],
-            b"data: {\"a\":1}\n\n"
-        );
+        let mut out = BytesMut::new();
+        put_json_data(&mut out, &serde_json::json!({"a": 1})).unwrap();
+        put_data(&mut out, b"{}");
+        assert_eq!(&out[..], b"data: {\"a\":1}\n\ndata: {}\n\n");
+        // A value that cannot be serialised leaves the buffer as it was.
+        let mut map = std::collections::HashMap::new();
+        map.insert((1, 2), 3);
+        assert!(put_json_data(&mut out, &map).is_err());
+        assert_eq!(&out[..], b"data: {\"a\":1}\n\ndata: {}\n\n");
         assert_eq!(event(Some("ping"), "{}"), "event: ping\ndata: {}\n\n");
         assert_eq!(event(None, "a\nb"), "data: a\ndata: b\n\n");
     }
 
     #[tokio::test]
     async fn headers_are_those_of_an_event_stream() {
-        let response = response(futures_util::stream::iter(vec![
-            json_data(&serde_json::json!({})).unwrap(),
-        ]));
+        let response = response(futures_util::stream::iter(vec![Bytes::from_static(
+            b"data: {}\n\n",
+        )]));
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
             "text/event-stream"

@@ -863,6 +863,80 @@ async fn a_stream_cut_after_content_ends_with_an_error_event_and_no_done() {
     gw.stop().await;
 }
 
+/// The chunked-encoding frames of a raw HTTP/1.1 response: their payloads.
+fn chunked_frames(response: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(response);
+    let (head, mut body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut frames = Vec::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return frames;
+        }
+        frames.push(rest[..size].to_owned());
+        body = &rest[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider(
+            "alpha",
+            &up.base_url(),
+            &[("gpt-x", "gpt-x-up"), ("paced", "paced-stream")],
+            ""
+        )
+    );
+    let gw = gateway(&toml).await;
+    // The fake answers a whole stream in one write: its events reach the
+    // gateway together and go out as one frame (plus, at most, the one
+    // holding the first content, sent before the rest arrived).
+    let body = r#"{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut socket = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let frames = chunked_frames(&response);
+    let events: usize = frames.iter().map(|f| f.matches("data: ").count()).sum();
+    assert!(events >= 5, "{frames:?}");
+    assert!(frames.len() <= 2, "{} frames: {frames:?}", frames.len());
+    assert!(frames.last().unwrap().ends_with("data: [DONE]\n\n"));
+
+    // Events 100 ms apart are each sent when they come, never held back.
+    let mut request = chat("paced");
+    request["stream"] = json!(true);
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut reads = 0;
+    let mut text = String::new();
+    while let Some(bytes) = body.next().await {
+        reads += 1;
+        text.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(reads >= 10, "{reads} reads: {text}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_disconnect_mid_stream_aborts_the_upstream_call_within_a_second() {
     let up = openai_upstream("alpha").await;

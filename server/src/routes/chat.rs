@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use switchyard_core::{
@@ -259,11 +260,12 @@ impl ChatEvents {
         }
     }
 
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// Appends the next event to `out`; `false` once the stream has ended.
+    fn poll_event(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool> {
         if self.finished {
-            return Poll::Ready(None);
+            return Poll::Ready(false);
         }
-        Poll::Ready(loop {
+        loop {
             match ready!(self.stream.poll_next_unpin(cx)) {
                 Some(Ok(mut chunk)) => {
                     if let (Some(usage), Some(recorder)) = (&chunk.usage, self.recorder.as_mut()) {
@@ -279,15 +281,15 @@ impl ChatEvents {
                     if let Some(data) = chunk.source.bytes() {
                         if chunk.model == self.answered.model
                             && memchr::memchr2(b'\n', b'\r', data).is_none()
-                            && (self.client_wants_usage
-                                || memchr::memmem::find(data, b"\"usage\"").is_none())
+                            && (self.client_wants_usage || USAGE_KEY.find(data).is_none())
                         {
-                            break Some(sse::bytes_data(data));
+                            sse::put_data(out, data);
+                            return Poll::Ready(true);
                         }
                     }
                     chunk.model.clone_from(&self.answered.model);
-                    match sse::json_data(&chunk) {
-                        Ok(frame) => break Some(frame),
+                    match sse::put_json_data(out, &chunk) {
+                        Ok(()) => return Poll::Ready(true),
                         Err(error) => {
                             tracing::warn!(%error, "cannot serialise a chunk; skipped");
                             continue;
@@ -309,21 +311,46 @@ impl ChatEvents {
                         stream_error(&error, &self.answered.provider_id, &self.answered.model)
                             .stream_event();
                     self.finish("stream_error");
-                    break Some(event.into());
+                    out.extend_from_slice(event.as_bytes());
+                    return Poll::Ready(true);
                 }
                 None => {
                     self.finish("200");
-                    break Some(Bytes::from_static(sse::DONE.as_bytes()));
+                    out.extend_from_slice(sse::DONE.as_bytes());
+                    return Poll::Ready(true);
                 }
             }
-        })
+        }
     }
 }
+
+/// Finds a `"usage"` key in chunk data (the searcher is built once).
+static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
+/// Events ready at the same time go out as one body frame (up to this
+/// size): each frame costs a chunk header and a trip through the body
+/// layers, and an upstream read usually holds several events. Nothing
+/// waits to be coalesced: an event is sent as soon as no other is ready.
+const COALESCE_BYTES: usize = 16 * 1024;
 
 impl futures_core::Stream for ChatEvents {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        self.poll_event(cx)
+        let mut out = BytesMut::new();
+        while out.len() < COALESCE_BYTES {
+            match self.poll_event(cx, &mut out) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) | Poll::Pending => break,
+            }
+        }
+        if !out.is_empty() {
+            Poll::Ready(Some(out.freeze()))
+        } else if self.finished {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 }
