@@ -234,14 +234,17 @@ pub fn register(providers: &[ProviderConfig]) {
     update_process_metrics();
 }
 
-/// Drains the Prometheus recorder's histogram samples every 5 s. The
+/// Drains the Prometheus recorder's histogram samples every second. The
 /// exporter keeps raw samples until upkeep (or a scrape) folds them into
-/// buckets, so without this a gateway nobody scrapes grows without bound.
-/// The task stops when the returned guard is dropped.
+/// buckets, so without this a gateway nobody scrapes grows without bound;
+/// and what it holds between two runs grows with the request rate (at
+/// 30,000 requests a second, 5 s of samples were megabytes of RSS). The
+/// work per sample is the same however often it runs. The task stops
+/// when the returned guard is dropped.
 pub fn start_upkeep() -> Option<UpkeepGuard> {
     let handle = prometheus()?;
     let task = tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             every.tick().await;
             handle.run_upkeep();
