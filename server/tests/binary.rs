@@ -198,12 +198,19 @@ fn config_errors_name_their_path_and_env_overrides_apply() {
 
 #[tokio::test]
 async fn sigterm_during_a_stream_lets_the_stream_complete() {
+    // One worker runs the single-thread scheduler, two the multi-thread one.
+    for workers in [1, 2] {
+        sigterm_during_a_stream(workers).await;
+    }
+}
+
+async fn sigterm_during_a_stream(workers: usize) {
     let up = openai_upstream("alpha").await;
     let port = free_port();
     let config = temp_file(
         "sigterm.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"10s\"\n{FAST_MANAGER}\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nshutdown_timeout = \"10s\"\n{FAST_MANAGER}\n\
              [[providers]]\nid = \"alpha\"\ntype = \"openai_compatible\"\nbase_url = \"{}\"\nhealth_check = \"none\"\n\
              [providers.models.\"gpt-x\"]\nupstream_name = \"paced-stream\"\n",
             up.base_url()
