@@ -933,7 +933,9 @@ async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
         text.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert!(reads >= 10, "{reads} reads: {text}");
+    // 15 events over 1.5 s; a slow test machine may join some reads, but
+    // a stream held back would arrive in one or two.
+    assert!(reads >= 5, "{reads} reads: {text}");
     gw.stop().await;
 }
 
