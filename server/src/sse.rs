@@ -57,6 +57,40 @@ pub fn put_data(out: &mut BytesMut, data: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// Events ready together go out as one body frame, up to this size: each
+/// frame costs a chunk header and a trip through the body layers, and one
+/// upstream read usually holds several events.
+pub const COALESCE_BYTES: usize = 16 * 1024;
+
+/// One body frame from an event source: `next` appends an event to the
+/// buffer (`Ready(true)`), reports the end (`Ready(false)`) or that nothing
+/// is ready. Every event ready now is taken, and nothing waits to be
+/// joined: a frame goes out as soon as no other event is ready.
+pub fn poll_frame(
+    cx: &mut Context<'_>,
+    mut next: impl FnMut(&mut Context<'_>, &mut BytesMut) -> Poll<bool>,
+) -> Poll<Option<Bytes>> {
+    let mut out = BytesMut::new();
+    let mut ended = false;
+    while out.len() < COALESCE_BYTES {
+        match next(cx, &mut out) {
+            Poll::Ready(true) => {}
+            Poll::Ready(false) => {
+                ended = true;
+                break;
+            }
+            Poll::Pending => break,
+        }
+    }
+    if !out.is_empty() {
+        Poll::Ready(Some(out.freeze()))
+    } else if ended {
+        Poll::Ready(None)
+    } else {
+        Poll::Pending
+    }
+}
+
 /// `event: <name>\ndata: <json>\n\n` (`data:` alone when there is no name).
 pub fn event(name: Option<&str>, data: &str) -> String {
     let mut out = String::with_capacity(data.len() + 32);

@@ -884,9 +884,22 @@ fn chunked_frames(response: &[u8]) -> Vec<String> {
     }
 }
 
+/// POSTs `body` over a fresh connection and reads the raw response.
+async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    response
+}
+
 #[tokio::test]
 async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = openai_upstream("alpha").await;
     let toml = format!(
         "{FAST_MANAGER}\n{}",
@@ -901,20 +914,32 @@ async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
     // The fake answers a whole stream in one write: its events reach the
     // gateway together and go out as one frame (plus, at most, the one
     // holding the first content, sent before the rest arrived).
-    let body = r#"{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let mut socket = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    socket.read_to_end(&mut response).await.unwrap();
+    let response = raw_post(
+        gw.addr,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
     let frames = chunked_frames(&response);
     let events: usize = frames.iter().map(|f| f.matches("data: ").count()).sum();
     assert!(events >= 5, "{frames:?}");
     assert!(frames.len() <= 2, "{} frames: {frames:?}", frames.len());
     assert!(frames.last().unwrap().ends_with("data: [DONE]\n\n"));
+    // The same for Anthropic events (translated from this deployment).
+    let response = raw_post(
+        gw.addr,
+        "/v1/messages",
+        r#"{"model":"gpt-x","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    let frames = chunked_frames(&response);
+    let events: usize = frames.iter().map(|f| f.matches("event: ").count()).sum();
+    assert!(events >= 6, "{frames:?}");
+    assert!(frames.len() <= 2, "{} frames: {frames:?}", frames.len());
+    assert!(
+        frames.last().unwrap().contains("event: message_stop"),
+        "{frames:?}"
+    );
 
     // Events 100 ms apart are each sent when they come, never held back.
     let mut request = chat("paced");

@@ -328,29 +328,10 @@ impl ChatEvents {
 static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
-/// Events ready at the same time go out as one body frame (up to this
-/// size): each frame costs a chunk header and a trip through the body
-/// layers, and an upstream read usually holds several events. Nothing
-/// waits to be coalesced: an event is sent as soon as no other is ready.
-const COALESCE_BYTES: usize = 16 * 1024;
-
 impl futures_core::Stream for ChatEvents {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let mut out = BytesMut::new();
-        while out.len() < COALESCE_BYTES {
-            match self.poll_event(cx, &mut out) {
-                Poll::Ready(true) => {}
-                Poll::Ready(false) | Poll::Pending => break,
-            }
-        }
-        if !out.is_empty() {
-            Poll::Ready(Some(out.freeze()))
-        } else if self.finished {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
+        sse::poll_frame(cx, |cx, out| self.poll_event(cx, out))
     }
 }

@@ -17,7 +17,9 @@
 //! the stream ends, so a cut after content counts against the deployment. Errors use the Anthropic shape, also in-band (`event: error`,
 //! and never a `message_stop` after it).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use parking_lot::Mutex;
 
@@ -27,6 +29,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::Value;
 use switchyard_core::stream::TimedStream;
@@ -414,12 +417,13 @@ async fn stream_messages(
         settle,
         finished: false,
     };
-    let mut response = sse::response(events.into_stream());
+    let mut response = sse::response(events);
     success_headers(&mut response, &answered);
     response
 }
 
-/// The SSE events of one `/v1/messages` stream.
+/// The SSE events of one `/v1/messages` stream, polled directly and sent
+/// as few frames as arrive (see [`sse::poll_frame`]).
 struct MessageEvents {
     events: RawEventStream,
     answered: Answered,
@@ -432,13 +436,6 @@ struct MessageEvents {
 }
 
 impl MessageEvents {
-    fn into_stream(self) -> impl futures_core::Stream<Item = String> + Send + 'static {
-        futures_util::stream::unfold(self, |mut events| async move {
-            let next = events.next_text().await?;
-            Some((next, events))
-        })
-    }
-
     fn finish(&mut self, status: &str) {
         self.finished = true;
         if let Some(attempt) = self.settle.take() {
@@ -468,18 +465,21 @@ impl MessageEvents {
         text
     }
 
-    async fn next_text(&mut self) -> Option<String> {
+    /// Appends the next event to `out`; `false` once the stream has ended.
+    fn poll_event(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool> {
         if self.finished {
-            return None;
+            return Poll::Ready(false);
         }
-        match self.events.next().await {
-            Some(Ok(event)) => Some(self.native_event(event)),
-            Some(Err(error)) => Some(self.failed(&error)),
+        let text = match ready!(self.events.poll_next_unpin(cx)) {
+            Some(Ok(event)) => self.native_event(event),
+            Some(Err(error)) => self.failed(&error),
             None => {
                 self.finish("200");
-                None
+                return Poll::Ready(false);
             }
-        }
+        };
+        out.extend_from_slice(text.as_bytes());
+        Poll::Ready(true)
     }
 
     /// A native event, forwarded untouched except `message_start`'s model.
@@ -507,6 +507,14 @@ impl MessageEvents {
             }
         }
         sse::event(event.event.as_deref(), &event.data)
+    }
+}
+
+impl futures_core::Stream for MessageEvents {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        sse::poll_frame(cx, |cx, out| self.poll_event(cx, out))
     }
 }
 
