@@ -720,12 +720,7 @@ async fn client_keys_are_required_and_never_forwarded() {
 
 #[tokio::test]
 async fn admin_without_a_token_answers_only_loopback_hosts() {
-    let up = openai_upstream("alpha").await;
-    let toml = format!(
-        "{FAST_MANAGER}\n{}",
-        openai_provider("alpha", &up.base_url(), &[("m", "m")], "")
-    );
-    let gw = gateway(&toml).await;
+    let (_up, gw) = alpha_gateway(&[("m", "m")]).await;
     let http = client();
     assert_eq!(
         http.get(gw.url("/admin/stats"))
@@ -845,14 +840,7 @@ async fn a_stream_cut_after_content_ends_with_an_error_event_and_no_done() {
         )
     );
     let gw = gateway(&toml).await;
-    let mut request = chat("gpt-x");
-    request["stream"] = json!(true);
-    let response = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&gw, "gpt-x").await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     let data = sse_data(&text);
@@ -861,6 +849,29 @@ async fn a_stream_cut_after_content_ends_with_an_error_event_and_no_done() {
     assert_eq!(last["error"]["type"], "upstream_error", "{text}");
     assert!(stream_text(&text).starts_with("Hello"));
     gw.stop().await;
+}
+
+/// A gateway over one `alpha` upstream serving `models` (name, upstream name).
+async fn alpha_gateway(models: &[(&str, &str)]) -> (Upstream, TestGateway) {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}",
+        openai_provider("alpha", &up.base_url(), models, "")
+    );
+    let gw = gateway(&toml).await;
+    (up, gw)
+}
+
+/// A streamed chat request for `model`, as the response arrives.
+async fn stream_chat(gw: &TestGateway, model: &str) -> reqwest::Response {
+    let mut request = chat(model);
+    request["stream"] = json!(true);
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The chunked-encoding frames of a raw HTTP/1.1 response: their payloads.
@@ -900,17 +911,7 @@ async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Vec<u8>
 
 #[tokio::test]
 async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
-    let up = openai_upstream("alpha").await;
-    let toml = format!(
-        "{FAST_MANAGER}\n{}",
-        openai_provider(
-            "alpha",
-            &up.base_url(),
-            &[("gpt-x", "gpt-x-up"), ("paced", "paced-stream")],
-            ""
-        )
-    );
-    let gw = gateway(&toml).await;
+    let (_up, gw) = alpha_gateway(&[("gpt-x", "gpt-x-up"), ("paced", "paced-stream")]).await;
     // The fake answers a whole stream in one write: its events reach the
     // gateway together and go out as one frame (plus, at most, the one
     // holding the first content, sent before the rest arrived).
@@ -942,14 +943,7 @@ async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
     );
 
     // Events 100 ms apart are each sent when they come, never held back.
-    let mut request = chat("paced");
-    request["stream"] = json!(true);
-    let response = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&gw, "paced").await;
     let mut body = response.bytes_stream();
     let mut reads = 0;
     let mut text = String::new();
@@ -966,20 +960,8 @@ async fn events_ready_together_leave_in_one_frame_and_paced_ones_at_once() {
 
 #[tokio::test]
 async fn a_client_disconnect_mid_stream_aborts_the_upstream_call_within_a_second() {
-    let up = openai_upstream("alpha").await;
-    let toml = format!(
-        "{FAST_MANAGER}\n{}",
-        openai_provider("alpha", &up.base_url(), &[("gpt-x", "slow-stream")], "")
-    );
-    let gw = gateway(&toml).await;
-    let mut request = chat("gpt-x");
-    request["stream"] = json!(true);
-    let response = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let (up, gw) = alpha_gateway(&[("gpt-x", "slow-stream")]).await;
+    let response = stream_chat(&gw, "gpt-x").await;
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
     let mut seen = String::new();
@@ -1029,20 +1011,8 @@ async fn a_client_disconnect_mid_stream_aborts_the_upstream_call_within_a_second
 
 #[tokio::test]
 async fn a_graceful_stop_lets_an_in_flight_stream_finish() {
-    let up = openai_upstream("alpha").await;
-    let toml = format!(
-        "{FAST_MANAGER}\n{}",
-        openai_provider("alpha", &up.base_url(), &[("gpt-x", "paced-stream")], "")
-    );
-    let gw = gateway(&toml).await;
-    let mut request = chat("gpt-x");
-    request["stream"] = json!(true);
-    let response = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let (_up, gw) = alpha_gateway(&[("gpt-x", "paced-stream")]).await;
+    let response = stream_chat(&gw, "gpt-x").await;
     let url = gw.url("/healthz");
     let stopping = tokio::spawn(gw.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1190,14 +1160,7 @@ async fn a_stream_cut_after_content_is_resumed_on_another_deployment() {
         openai_provider("p1", &up.base_url(), &[("gpt-x", "ok")], "priority = 1"),
     );
     let gw = gateway(&toml).await;
-    let mut request = chat("gpt-x");
-    request["stream"] = json!(true);
-    let response = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let response = stream_chat(&gw, "gpt-x").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchyard-provider"], "p0");
     let text = response.text().await.unwrap();
@@ -1212,17 +1175,7 @@ async fn a_stream_cut_after_content_is_resumed_on_another_deployment() {
 
 #[tokio::test]
 async fn unchanged_stream_chunks_are_forwarded_as_the_upstreams_bytes() {
-    let up = openai_upstream("alpha").await;
-    let toml = format!(
-        "{FAST_MANAGER}\n{}",
-        openai_provider(
-            "alpha",
-            &up.base_url(),
-            &[("same-name", "same-name"), ("alias", "upstream-name")],
-            ""
-        )
-    );
-    let gw = gateway(&toml).await;
+    let (_up, gw) = alpha_gateway(&[("same-name", "same-name"), ("alias", "upstream-name")]).await;
     let http = reqwest::Client::new();
     let stream = |model: &str, usage: bool| {
         let mut request = chat(model);
