@@ -57,7 +57,7 @@ use std::sync::Arc;
 
 use switchyard_core::{ConfigError, ProviderManager};
 use switchyard_providers::DefaultProviderFactory;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::AppState;
 use crate::auth::Credentials;
@@ -197,7 +197,8 @@ impl Gateway {
                 drain.notify_one();
             }
         };
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
+        let server =
+            axum::serve(without_delay(listener), self.router()).with_graceful_shutdown(signal);
         tracing::info!(
             %addr,
             providers = self.state.manager.provider_ids().len(),
@@ -232,6 +233,21 @@ where
     Gateway::new(config)?.serve(listener, shutdown).await
 }
 
+/// `listener` with Nagle's algorithm off on every accepted connection,
+/// as nginx (`tcp_nodelay`) and Envoy do: a stream writes one small
+/// event at a time, and with Nagle on an event written while the
+/// previous one waits for its (delayed) ACK is held back up to 40 ms.
+fn without_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(set_nodelay as fn(&mut TcpStream))
+}
+
+fn set_nodelay(connection: &mut TcpStream) {
+    if let Err(error) = connection.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+    }
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let interrupt = async {
@@ -257,5 +273,30 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use axum::serve::Listener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_delay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let plain_accept = {
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (io, _) = listener.accept().await.unwrap();
+            io.nodelay().unwrap()
+        };
+        assert!(!plain_accept, "the kernel default, for contrast");
+        let mut listener = without_delay(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (io, _) = listener.accept().await;
+        assert!(io.nodelay().unwrap());
     }
 }
