@@ -8,7 +8,6 @@
 //! it when the client did not ask).
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -159,8 +158,8 @@ struct ChunkReader {
     chunks: u64,
     finished: bool,
     done: bool,
-    /// After `[DONE]`: the rest of the body is read for at most this long.
-    draining: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// After `[DONE]`: the rest of the body is being read (briefly).
+    draining: bool,
 }
 
 impl ChunkReader {
@@ -218,12 +217,9 @@ impl Stream for ChunkReader {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(limit) = this.draining.as_mut() {
-                if this.events.poll_drain(cx).is_pending() && limit.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.draining = None;
-                this.events.stop();
+            if this.draining {
+                ready!(this.events.poll_drain(cx, DRAIN_LIMIT));
+                this.draining = false;
                 return Poll::Ready(this.after_done());
             }
             if this.done {
@@ -245,12 +241,7 @@ impl Stream for ChunkReader {
             };
             if is_done(&event) {
                 this.done = true;
-                // The body nearly always ends right after `[DONE]`; a timer
-                // is set only when it has not.
-                if this.events.poll_drain(cx).is_ready() {
-                    return Poll::Ready(this.after_done());
-                }
-                this.draining = Some(Box::pin(tokio::time::sleep(DRAIN_LIMIT)));
+                this.draining = true;
                 continue;
             }
             if let Some(item) = this.read(event) {
@@ -272,7 +263,7 @@ pub(crate) fn chunk_stream(
         chunks: 0,
         finished: false,
         done: false,
-        draining: None,
+        draining: false,
     })
 }
 

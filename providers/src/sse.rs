@@ -17,8 +17,10 @@
 //! [`EventSource`] drives the parser over any byte stream.
 
 use std::collections::VecDeque;
-
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -220,6 +222,8 @@ pub struct EventSource<S> {
     queue: VecDeque<SseEvent>,
     scratch: Vec<SseEvent>,
     ended: bool,
+    /// While draining: when to stop waiting for the input to end.
+    drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> std::fmt::Debug for EventSource<S> {
@@ -243,6 +247,7 @@ where
             queue: VecDeque::new(),
             scratch: Vec::new(),
             ended: false,
+            drain_timer: None,
         }
     }
 
@@ -291,27 +296,32 @@ where
     /// Reads and discards the rest of the input for at most `limit`: after
     /// a protocol terminator the body usually ends at once, and reading
     /// that end lets the connection go back to the pool.
-    pub async fn drain(&mut self, limit: std::time::Duration) {
-        let _ = tokio::time::timeout(limit, std::future::poll_fn(|cx| self.poll_drain(cx))).await;
-        self.stop();
+    pub async fn drain(&mut self, limit: Duration) {
+        std::future::poll_fn(|cx| self.poll_drain(cx, limit)).await;
     }
 
-    /// Reads and discards input until it ends or fails; bound it with a timer.
-    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// [`drain`](Self::drain) for callers that are streams themselves. The
+    /// `limit` is counted from the first time input is not ready, so a
+    /// body that has already ended sets no timer.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>, limit: Duration) -> Poll<()> {
         while !self.ended {
-            match ready!(self.inner.poll_next_unpin(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => self.ended = true,
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(_)) | None) => self.ended = true,
+                Poll::Pending => {
+                    let timer = self
+                        .drain_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.ended = true;
+                }
             }
         }
+        self.drain_timer = None;
         self.queue.clear();
         Poll::Ready(())
-    }
-
-    /// Stops reading: no more events are handed out.
-    pub fn stop(&mut self) {
-        self.ended = true;
-        self.queue.clear();
     }
 }
 

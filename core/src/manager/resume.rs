@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-
 use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
