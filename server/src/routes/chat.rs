@@ -149,12 +149,11 @@ async fn stream(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
-    // The client's bytes can go up with `model` swapped (and usage asked
-    // for when the client sent no `stream_options`); other options are
+    // The client's bytes go up with `model` swapped, and with usage asked
+    // for when the body has no `stream_options` key at all (`null` parses
+    // as none, and splicing would add a second key). Other options are
     // rare and take the typed way, which sets `include_usage`.
     let asks_usage = request.stream_options.is_none();
-    // (`"stream_options": null` parses as none, but a second key is not
-    // for splicing.)
     let forwardable = if (asks_usage
         && memchr::memmem::find(&body, b"\"stream_options\"").is_none())
         || client_wants_usage
