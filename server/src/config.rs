@@ -71,6 +71,12 @@ pub struct ServerConfig {
     /// How long in-flight requests (streams included) may take to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's head, counted from
+    /// when the server starts waiting for it: a new connection, or an idle
+    /// keep-alive one between requests. The connection is closed when it
+    /// passes (slowloris protection).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// `[server.cache]`: the opt-in exact-match response cache.
     pub cache: crate::cache::CacheConfig,
     /// `[server.otel]`: OpenTelemetry export.
@@ -92,6 +98,7 @@ impl Default for ServerConfig {
             allow_open_proxy: false,
             log_bodies: false,
             shutdown_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             cache: crate::cache::CacheConfig::default(),
             otel: crate::otel::OtelConfig::default(),
         }
@@ -138,6 +145,9 @@ impl ServerConfig {
         }
         if self.shutdown_timeout.is_zero() {
             push("shutdown_timeout", "must be greater than zero");
+        }
+        if self.header_read_timeout.is_zero() {
+            push("header_read_timeout", "must be greater than zero");
         }
         if self.client_rpm_limit == Some(0) {
             push("client_rpm_limit", "must be at least 1 when set");
@@ -466,6 +476,7 @@ mod tests {
         let server = &config.server;
         assert_eq!(server.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(server.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(server.header_read_timeout, Duration::from_secs(30));
         assert!(!server.allow_open_proxy && !server.log_bodies);
         assert_eq!(server.api_keys_var(), ("SWITCHYARD_API_KEYS", false));
         assert_eq!(server.admin_token_var(), ("SWITCHYARD_ADMIN_TOKEN", false));
@@ -528,6 +539,13 @@ mod tests {
                 "{err}"
             );
         }
+        let err = parse_err(&format!(
+            "{MINIMAL}\n[server]\nheader_read_timeout = \"0s\"\n"
+        ));
+        assert!(
+            err.contains("server.header_read_timeout: must be greater than zero"),
+            "{err}"
+        );
         let err = parse_err("");
         assert!(err.contains("providers: at least one provider"), "{err}");
     }

@@ -10,7 +10,8 @@
 //! Modules:
 //! - [`config`]: the TOML file (`[server]` + core's sections), figment
 //!   loading with `SWITCHYARD_<SECTION>__<KEY>` overrides, the embedded default.
-//! - [`app`]: shared state and the router.
+//! - [`app`]: shared state and the router; `connections` serves it on
+//!   accepted connections (header-read timeout, graceful shutdown).
 //! - [`routes`]: the handlers.
 //! - [`error`]: OpenAI / Anthropic error bodies and SPEC §5's status mapping.
 //! - [`auth`]: client keys, admin token, listen-address rules (SPEC §16).
@@ -44,6 +45,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+mod connections;
 pub mod error;
 pub mod limits;
 pub mod otel;
@@ -57,7 +59,7 @@ use std::sync::Arc;
 
 use switchyard_core::{ConfigError, ProviderManager};
 use switchyard_providers::DefaultProviderFactory;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::app::AppState;
 use crate::auth::Credentials;
@@ -197,8 +199,12 @@ impl Gateway {
                 drain.notify_one();
             }
         };
-        let server =
-            axum::serve(without_delay(listener), self.router()).with_graceful_shutdown(signal);
+        let server = connections::serve(
+            listener,
+            self.router(),
+            state.server.header_read_timeout,
+            signal,
+        );
         tracing::info!(
             %addr,
             providers = self.state.manager.provider_ids().len(),
@@ -207,10 +213,9 @@ impl Gateway {
         );
         state.set_ready(true);
         let limit = state.server.shutdown_timeout;
-        let server = std::future::IntoFuture::into_future(server);
         tokio::pin!(server);
         tokio::select! {
-            result = &mut server => result?,
+            () = &mut server => {}
             () = async {
                 drain.notified().await;
                 tokio::time::sleep(limit).await;
@@ -231,21 +236,6 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     Gateway::new(config)?.serve(listener, shutdown).await
-}
-
-/// `listener` with Nagle's algorithm off on every accepted connection,
-/// as nginx (`tcp_nodelay`) and Envoy do: a stream writes one small
-/// event at a time, and with Nagle on an event written while the
-/// previous one waits for its (delayed) ACK is held back up to 40 ms.
-fn without_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(set_nodelay as fn(&mut TcpStream))
-}
-
-fn set_nodelay(connection: &mut TcpStream) {
-    if let Err(error) = connection.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
@@ -273,30 +263,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use axum::serve::Listener;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_connections_send_without_delay() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let plain_accept = {
-            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (io, _) = listener.accept().await.unwrap();
-            io.nodelay().unwrap()
-        };
-        assert!(!plain_accept, "the kernel default, for contrast");
-        let mut listener = without_delay(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (io, _) = listener.accept().await;
-        assert!(io.nodelay().unwrap());
     }
 }

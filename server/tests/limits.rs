@@ -641,3 +641,65 @@ async fn process_cpu_rss_and_queue_metrics_are_exported_before_traffic() {
         "{metrics:?}"
     );
 }
+
+/// Reads until the gateway closes `socket`; panics if it is still open
+/// after 30 s (a generous bound that only catches "never closed").
+async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut received))
+        .await
+        .expect("the gateway kept the connection open")
+        .unwrap();
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn clients_slow_to_send_a_request_head_are_disconnected_and_prompt_ones_served() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let up = openai_upstream("alpha").await;
+    let gw = gateway(&format!(
+        "{FAST_MANAGER}\n[server]\nheader_read_timeout = \"500ms\"\n\n{}",
+        provider("alpha", &up.base_url(), "", &[("m", "m-up", "")])
+    ))
+    .await;
+    let body = chat_body("m", "hi").to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+
+    // Half a head, then nothing (slowloris): closed, never answered.
+    let mut half = TcpStream::connect(gw.addr).await.unwrap();
+    half.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_until_closed(&mut half).await, "");
+    // A connection that never sends a byte is closed too.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    assert_eq!(up.generations(), 0);
+
+    // A head sent in two writes well within the limit is served, and the
+    // idle keep-alive connection after it is closed once the limit passes.
+    let mut prompt = TcpStream::connect(gw.addr).await.unwrap();
+    prompt.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    prompt
+        .write_all(format!("\r\n{body}").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut prompt).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"chat.completion\""), "{answer}");
+    assert_eq!(up.generations(), 1);
+
+    // Ordinary clients are unaffected, and shutdown still completes.
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body("m", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gw.stop().await;
+}
