@@ -77,6 +77,10 @@ pub struct ServerConfig {
     /// passes (slowloris protection).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a request body may pause between two of its parts before
+    /// the request is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// `[server.cache]`: the opt-in exact-match response cache.
     pub cache: crate::cache::CacheConfig,
     /// `[server.otel]`: OpenTelemetry export.
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
             log_bodies: false,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
             cache: crate::cache::CacheConfig::default(),
             otel: crate::otel::OtelConfig::default(),
         }
@@ -148,6 +153,9 @@ impl ServerConfig {
         }
         if self.header_read_timeout.is_zero() {
             push("header_read_timeout", "must be greater than zero");
+        }
+        if self.body_read_timeout.is_zero() {
+            push("body_read_timeout", "must be greater than zero");
         }
         if self.client_rpm_limit == Some(0) {
             push("client_rpm_limit", "must be at least 1 when set");
@@ -477,6 +485,7 @@ mod tests {
         assert_eq!(server.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(server.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(server.body_read_timeout, Duration::from_secs(30));
         assert!(!server.allow_open_proxy && !server.log_bodies);
         assert_eq!(server.api_keys_var(), ("SWITCHYARD_API_KEYS", false));
         assert_eq!(server.admin_token_var(), ("SWITCHYARD_ADMIN_TOKEN", false));

@@ -6,17 +6,37 @@
 //! (slowloris). Here every connection gets `server.header_read_timeout`
 //! to deliver each request head, the idle wait between keep-alive requests
 //! included, as nginx's `client_header_timeout` and `keepalive_timeout` do.
+//! A request body gets `server.body_read_timeout` between two of its
+//! parts (nginx's `client_body_timeout`): a body that stops arriving fails
+//! the read, and the handler answers 408 ([`BodyStalled`]).
 //! Shutdown stops accepting, lets each connection finish the request it
 //! is serving and closes the idle ones at once.
 
-use std::{future::Future, io, time::Duration};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
+use axum::body::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+/// How long a client may pause while sending a request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientLimits {
+    /// For each request head, from when the server starts waiting for it.
+    pub header_read: Duration,
+    /// Between two parts of a request body.
+    pub body_read: Duration,
+}
 
 /// Serves `router` on every connection `listener` accepts until `shutdown`
 /// completes, then waits for the open connections to finish their
@@ -24,14 +44,14 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) async fn serve<F>(
     listener: TcpListener,
     router: axum::Router,
-    header_read_timeout: Duration,
+    limits: ClientLimits,
     shutdown: F,
 ) where
     F: Future<Output = ()>,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(limits.header_read);
     let open = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -47,7 +67,12 @@ pub(crate) async fn serve<F>(
             }
         };
         set_nodelay(&connection);
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let request = request.map(|body| PacedBody::new(body, limits.body_read));
+            // A Router is always ready, so it is called without `poll_ready`.
+            tower_service::Service::call(&mut router.clone(), request)
+        });
         let connection = open.watch(http.serve_connection(TokioIo::new(connection), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -86,6 +111,85 @@ async fn pause_after_accept_error(error: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// The error a request body read fails with when no part of the body
+/// arrived for `server.body_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no part of the request body arrived for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+impl BodyStalled {
+    /// The stall that caused `error`, if any error in its source chain is one.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        std::iter::successors(Some(error), |error| error.source())
+            .find_map(|error| error.downcast_ref::<Self>())
+    }
+}
+
+/// A request body that fails with [`BodyStalled`] when it pauses longer
+/// than `limit` between two frames. The timer is armed only when the body
+/// has nothing ready, so a body that arrives with its head (nearly every
+/// API request) never touches the timer wheel.
+struct PacedBody<B> {
+    body: B,
+    limit: Duration,
+    /// Kept between pauses so a slow upload allocates it once.
+    pause: Option<Pin<Box<Sleep>>>,
+    pausing: bool,
+}
+
+impl<B> PacedBody<B> {
+    fn new(body: B, limit: Duration) -> Self {
+        Self {
+            body,
+            limit,
+            pause: None,
+            pausing: false,
+        }
+    }
+}
+
+impl<B> Body for PacedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.pausing = false;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let deadline = Instant::now() + this.limit;
+        let pause = match &mut this.pause {
+            Some(pause) if this.pausing => pause,
+            Some(pause) => {
+                pause.as_mut().reset(deadline);
+                pause
+            }
+            None => this
+                .pause
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        this.pausing = true;
+        ready!(pause.as_mut().poll(cx));
+        Poll::Ready(Some(Err(Box::new(BodyStalled(this.limit)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -104,5 +208,30 @@ mod tests {
         );
         set_nodelay(&connection);
         assert!(connection.nodelay().unwrap());
+    }
+
+    /// The bytes of a body whose parts come `gaps` apart, read through a
+    /// [`PacedBody`] with a 500 ms limit.
+    async fn read_paced(gaps: &[u64]) -> Result<Bytes, axum::Error> {
+        let parts: Vec<u64> = gaps.to_vec();
+        let stream = futures_util::stream::unfold(parts.into_iter(), |mut gaps| async move {
+            let gap = gaps.next()?;
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from_static(b"part;")), gaps))
+        });
+        let body = axum::body::Body::from_stream(stream);
+        let paced = PacedBody::new(body, Duration::from_millis(500));
+        axum::body::to_bytes(axum::body::Body::new(paced), usize::MAX).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_may_take_any_time_in_all_but_not_pause_past_the_limit() {
+        // 1.6 s in all, never 500 ms without a part: read whole.
+        let bytes = read_paced(&[0, 400, 400, 400, 400]).await.unwrap();
+        assert_eq!(&bytes[..], b"part;part;part;part;part;");
+        // One pause of 600 ms: the read fails with the stall.
+        let error = read_paced(&[0, 400, 600]).await.unwrap_err();
+        let stall = BodyStalled::find(&error).expect("a BodyStalled in the chain");
+        assert_eq!(stall.0, Duration::from_millis(500));
     }
 }

@@ -93,6 +93,18 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 408 for a request body that stopped arriving (`body_read_timeout`).
+    pub fn body_stalled(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body stopped arriving: no part of it came for {limit:?} (server.body_read_timeout)."
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     /// 404 for an unknown path.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self::new(

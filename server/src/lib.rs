@@ -45,7 +45,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
-mod connections;
+pub mod connections;
 pub mod error;
 pub mod limits;
 pub mod otel;
@@ -202,7 +202,10 @@ impl Gateway {
         let server = connections::serve(
             listener,
             self.router(),
-            state.server.header_read_timeout,
+            connections::ClientLimits {
+                header_read: state.server.header_read_timeout,
+                body_read: state.server.body_read_timeout,
+            },
             signal,
         );
         tracing::info!(

@@ -703,3 +703,69 @@ async fn clients_slow_to_send_a_request_head_are_disconnected_and_prompt_ones_se
     assert_eq!(response.status(), 200);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_gets_408_and_a_paced_one_is_served() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let up = openai_upstream("alpha").await;
+    let gw = gateway(&format!(
+        "{FAST_MANAGER}\n[server]\nbody_read_timeout = \"500ms\"\n\n{}",
+        provider("alpha", &up.base_url(), "", &[("m", "m-up", "")])
+    ))
+    .await;
+    let body = chat_body("m", "hi").to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+
+    // Half a body, then nothing: 408 in the OpenAI error shape, and the
+    // connection (its body unread) is closed.
+    let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(format!("{}{first}", head("/v1/chat/completions")).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let error: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("body_read_timeout"),
+        "{error}"
+    );
+    // The same on /v1/messages, in Anthropic's shape.
+    let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(format!("{}{first}", head("/v1/messages")).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let error: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(up.generations(), 0);
+
+    // A body whose parts come well within the limit of each other is served.
+    let mut paced = TcpStream::connect(gw.addr).await.unwrap();
+    paced
+        .write_all(format!("{}{first}", head("/v1/chat/completions")).as_bytes())
+        .await
+        .unwrap();
+    for part in [&rest[..rest.len() / 2], &rest[rest.len() / 2..]] {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        paced.write_all(part.as_bytes()).await.unwrap();
+    }
+    let answer = read_until_closed(&mut paced).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(up.generations(), 1);
+    gw.stop().await;
+}

@@ -95,6 +95,8 @@ pub fn read_body(
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit).with_shape(shape)
+        } else if let Some(stall) = crate::connections::BodyStalled::find(&rejection) {
+            ApiError::body_stalled(stall.0).with_shape(shape)
         } else {
             ApiError::invalid_request(format!(
                 "Could not read the request body: {}",
@@ -108,16 +110,30 @@ pub fn read_body(
 /// Parses a JSON body into `T`: malformed JSON and wrong or missing fields
 /// are 400s whose message (and `param`) name the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Tracking the path costs on every field of every request; only a
+    // failed parse needs it, so that one is parsed again to name the field.
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) => Err(parse_json_error::<T>(bytes)),
+    }
+}
+
+#[cold]
+fn parse_json_error<T: DeserializeOwned>(bytes: &[u8]) -> ApiError {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        json_error(&inner, &path)
-    })?;
-    deserializer
-        .end()
-        .map_err(|error| json_error(&error, "."))?;
-    Ok(value)
+    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Err(error) => {
+            let path = error.path().to_string();
+            json_error(&error.into_inner(), &path)
+        }
+        Ok(_) => match deserializer.end() {
+            Err(error) => json_error(&error, "."),
+            Ok(()) => {
+                ApiError::invalid_request("We could not parse the JSON body of your request.")
+                    .with_code("invalid_json")
+            }
+        },
+    }
 }
 
 fn json_error(error: &serde_json::Error, path: &str) -> ApiError {
