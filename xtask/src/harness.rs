@@ -102,19 +102,20 @@ pub fn bench(root: &Path, args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     if args.iter().any(|a| a == "--micro") {
-        let mut micro = Command::new(cargo());
-        micro.current_dir(root).args([
-            "bench",
-            "-p",
-            "switchyard-strategies",
-            "--bench",
-            "selection",
-        ]);
-        return if succeeded(&mut micro) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        let micro = [
+            ("switchyard-strategies", "selection"),
+            ("switchyard-core", "wire"),
+        ];
+        for (package, bench) in micro {
+            let mut command = Command::new(cargo());
+            command
+                .current_dir(root)
+                .args(["bench", "-p", package, "--bench", bench]);
+            if !succeeded(&mut command) {
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
     }
     run(root, "bench", args, true)
 }

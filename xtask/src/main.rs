@@ -36,7 +36,8 @@ Commands:
           streaming; prints a markdown table (installs wrk and nginx if missing).
             --seconds N     measured seconds per cell (default 10)
             --providers N   providers configured for the model (default 100)
-            --micro         run the criterion selection micro-benchmarks instead
+            --micro         run the criterion micro-benchmarks instead (selection
+                            per strategy; wire parses per request and chunk)
   demo    Start the gateway on its embedded default, make one mock provider
           fail and recover through the admin API, and narrate the routing,
           failover, events and load stats (under a minute).
