@@ -280,7 +280,7 @@ pub struct FunctionCall {
 }
 
 /// Token usage.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Usage {
     /// Input tokens.
     #[serde(default)]
@@ -358,6 +358,14 @@ fn chat_chunk_object() -> String {
     "chat.completion.chunk".to_owned()
 }
 
+/// The default `object` of a chunk that named none, set after the parse
+/// so a chunk that does name one (every chunk) allocates it once.
+fn fill_chunk_object(chunk: &mut ChatChunk) {
+    if chunk.object.is_empty() {
+        chunk.object = chat_chunk_object();
+    }
+}
+
 /// One choice of a chat completion.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatChoice {
@@ -408,7 +416,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// chunks are parsed once per streamed token (three nested levels of it
 /// were most of a stream's parsing cost).
 macro_rules! deserialize_with_extra {
-    ($ty:ident, $expecting:literal, $init:expr, { $($name:literal => $field:ident),* $(,)? }) => {
+    ($ty:ident, $expecting:literal, $init:expr, { $($name:literal => $field:ident),* $(,)? } $(, then $finish:path)?) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct FieldsVisitor;
@@ -431,6 +439,7 @@ macro_rules! deserialize_with_extra {
                                 }
                             }
                         }
+                        $($finish(&mut out);)?
                         Ok(out)
                     }
                 }
@@ -439,6 +448,17 @@ macro_rules! deserialize_with_extra {
         }
     };
 }
+
+deserialize_with_extra!(
+    Usage,
+    "token usage",
+    Usage::default(),
+    {
+        "prompt_tokens" => prompt_tokens,
+        "completion_tokens" => completion_tokens,
+        "total_tokens" => total_tokens,
+    }
+);
 
 /// One streamed chunk of a chat completion.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -548,10 +568,7 @@ impl ChatChunk {
 deserialize_with_extra!(
     ChatChunk,
     "a chat completion chunk",
-    ChatChunk {
-        object: chat_chunk_object(),
-        ..ChatChunk::default()
-    },
+    ChatChunk::default(),
     {
         "id" => id,
         "object" => object,
@@ -559,7 +576,8 @@ deserialize_with_extra!(
         "model" => model,
         "choices" => choices,
         "usage" => usage,
-    }
+    },
+    then fill_chunk_object
 );
 
 /// One choice of a streamed chunk.

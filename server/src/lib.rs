@@ -10,7 +10,7 @@
 //! Modules:
 //! - [`config`]: the TOML file (`[server]` + core's sections), figment
 //!   loading with `SWITCHYARD_<SECTION>__<KEY>` overrides, the embedded default.
-//! - [`app`]: shared state and the router; `connections` serves it on
+//! - [`app`]: shared state and the router; [`connections`] serves it on
 //!   accepted connections (header-read timeout, graceful shutdown).
 //! - [`routes`]: the handlers.
 //! - [`error`]: OpenAI / Anthropic error bodies and SPEC §5's status mapping.
