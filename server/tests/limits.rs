@@ -661,7 +661,12 @@ async fn clients_slow_to_send_a_request_head_are_disconnected_and_prompt_ones_se
     let up = openai_upstream("alpha").await;
     let gw = gateway(&format!(
         "{FAST_MANAGER}\n[server]\nheader_read_timeout = \"500ms\"\n\n{}",
-        provider("alpha", &up.base_url(), "", &[("m", "m-up", "")])
+        provider(
+            "alpha",
+            &up.base_url(),
+            "",
+            &[("m", "m-up", ""), ("paced", "paced-stream", "")]
+        )
     ))
     .await;
     let body = chat_body("m", "hi").to_string();
@@ -701,6 +706,18 @@ async fn clients_slow_to_send_a_request_head_are_disconnected_and_prompt_ones_se
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // The limit is on reading heads: a 1.5 s stream, three times the
+    // limit, is answered whole.
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "paced", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("t14 "), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     gw.stop().await;
 }
 
