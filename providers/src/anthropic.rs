@@ -1383,27 +1383,19 @@ impl RawReader {
                 }
                 Ok(Some(Ok(event))) => event,
             };
-            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            let Some(facts) = EventFacts::read(&event.data) else {
                 count_malformed(&self.provider);
                 continue;
             };
-            let name = event
-                .event
-                .clone()
-                .or_else(|| data.get("type").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_default();
-            match name.as_str() {
+            let name = event.event.as_deref().or(facts.kind.as_deref());
+            match name.unwrap_or_default() {
                 "error" => {
                     self.done = true;
+                    let data = serde_json::from_str::<Value>(&event.data).unwrap_or_default();
                     return Some(Err(in_band_error(&data, self.secret.as_ref())));
                 }
                 "content_block_delta" | "content_block_start" => self.timer.content(),
-                "message_delta"
-                    if data
-                        .get("delta")
-                        .and_then(|d| d.get("stop_reason"))
-                        .is_some_and(|r| !r.is_null()) =>
-                {
+                "message_delta" if facts.stops => {
                     self.finished = true;
                     self.timer.finished();
                 }
@@ -1420,6 +1412,54 @@ impl RawReader {
                 data: event.data,
             }));
         }
+    }
+}
+
+/// What the pass-through reads of an event: its `type`, and whether it
+/// carries a stop reason (`delta.stop_reason`, not null).
+struct EventFacts<'a> {
+    kind: Option<std::borrow::Cow<'a, str>>,
+    stops: bool,
+}
+
+impl<'a> EventFacts<'a> {
+    /// `None` when `data` is not JSON. The events Anthropic sends are read
+    /// without building a `Value` (one allocation per field, most of the
+    /// cost of an event); anything else valid is read as a `Value`.
+    fn read(data: &'a str) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Delta {
+            #[serde(default)]
+            stop_reason: Option<serde::de::IgnoredAny>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(rename = "type", borrow, default)]
+            kind: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            delta: Option<Delta>,
+        }
+        // Only objects: a derived struct would also take `["message_stop"]`
+        // as one, by position.
+        if data.trim_start().starts_with('{') {
+            if let Ok(event) = serde_json::from_str::<Event<'a>>(data) {
+                return Some(Self {
+                    kind: event.kind,
+                    stops: event.delta.is_some_and(|d| d.stop_reason.is_some()),
+                });
+            }
+        }
+        let value = serde_json::from_str::<Value>(data).ok()?;
+        Some(Self {
+            kind: value
+                .get("type")
+                .and_then(Value::as_str)
+                .map(|kind| std::borrow::Cow::Owned(kind.to_owned())),
+            stops: value
+                .get("delta")
+                .and_then(|d| d.get("stop_reason"))
+                .is_some_and(|r| !r.is_null()),
+        })
     }
 }
 
@@ -1647,5 +1687,54 @@ impl Provider for AnthropicProvider {
             }
             other => health_check(&self.http, other, ctx, "anthropic").await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn facts(data: &str) -> Option<(Option<String>, bool)> {
+        EventFacts::read(data).map(|f| (f.kind.map(|k| k.into_owned()), f.stops))
+    }
+
+    #[test]
+    fn event_facts_read_the_type_and_the_stop_reason() {
+        let kind = |k: &str| Some(k.to_owned());
+        assert_eq!(
+            facts(
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \"there\""}}"#
+            ),
+            Some((kind("content_block_delta"), false))
+        );
+        assert_eq!(
+            facts(
+                r#"{"type":"message_delta","delta":{"stop_reason":null,"stop_sequence":null},"usage":{"output_tokens":3}}"#
+            ),
+            Some((kind("message_delta"), false))
+        );
+        assert_eq!(
+            facts(
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":3}}"#
+            ),
+            Some((kind("message_delta"), true))
+        );
+        // An escaped type is still read.
+        assert_eq!(
+            facts(r#"{"type":"pi\u006eg"}"#),
+            Some((kind("ping"), false))
+        );
+        // Shapes the typed read refuses fall back to a `Value`: still JSON.
+        assert_eq!(facts(r#"{"type":5,"delta":"x"}"#), Some((None, false)));
+        assert_eq!(facts(r#"["message_stop"]"#), Some((None, false)));
+        assert_eq!(
+            facts(r#"{"delta":{"stop_reason":{"odd":true}}}"#),
+            Some((None, true))
+        );
+        // Not JSON at all.
+        assert_eq!(facts(r#"{"type":"ping""#), None);
+        assert_eq!(facts("ping"), None);
     }
 }
