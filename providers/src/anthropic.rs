@@ -25,9 +25,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures_core::Stream;
 use serde_json::{Map, Value, json};
 use switchyard_core::config::HealthCheckMode;
 use switchyard_core::stream::TimedStream;
@@ -40,6 +43,7 @@ use switchyard_core::{
 
 use crate::http::{Upstream, parse_json};
 use crate::openai::{health_check, open_stream};
+use crate::sse::SseEvent;
 use crate::stream::{
     DRAIN_LIMIT, Expired, RawTimer, ResponseEvents, count_malformed, in_band_error,
     response_events, source_failure,
@@ -1340,6 +1344,9 @@ pub fn chat_stream_to_anthropic(stream: ChatStream, model: impl Into<String>) ->
 // Native pass-through stream
 // ---------------------------------------------------------------------------
 
+/// Native Anthropic events, passed through as they come, with the
+/// completeness rule and [`RawTimer`]'s timeouts; polled directly, so an
+/// event moves no future and arms no timer on its way.
 struct RawReader {
     events: ResponseEvents,
     timer: RawTimer,
@@ -1348,9 +1355,25 @@ struct RawReader {
     chunks: u64,
     finished: bool,
     done: bool,
+    /// After a complete `message_stop`: the rest of the body is being
+    /// read (briefly) so the connection can be reused.
+    draining: bool,
 }
 
 impl RawReader {
+    fn new(events: ResponseEvents, timed: &CallContext, http: &Upstream) -> Self {
+        Self {
+            events,
+            timer: RawTimer::new(timed),
+            provider: http.provider_id().to_owned(),
+            secret: http.secret().cloned(),
+            chunks: 0,
+            finished: false,
+            done: false,
+            draining: false,
+        }
+    }
+
     fn cut(&mut self) -> Option<std::result::Result<RawEvent, ProviderError>> {
         self.done = true;
         (!self.finished).then_some(Err(ProviderError::StreamCut {
@@ -1358,59 +1381,76 @@ impl RawReader {
         }))
     }
 
-    async fn next_item(&mut self) -> Option<std::result::Result<RawEvent, ProviderError>> {
-        loop {
-            if self.done {
-                return None;
+    /// What the client gets of one event: `None` to skip a malformed one.
+    fn read(&mut self, event: SseEvent) -> Option<std::result::Result<RawEvent, ProviderError>> {
+        let Some(facts) = EventFacts::read(&event.data) else {
+            self.timer.event();
+            count_malformed(&self.provider);
+            return None;
+        };
+        let name = event.event.as_deref().or(facts.kind.as_deref());
+        match name.unwrap_or_default() {
+            "error" => {
+                self.done = true;
+                let data = serde_json::from_str::<Value>(&event.data).unwrap_or_default();
+                return Some(Err(in_band_error(&data, self.secret.as_ref())));
             }
-            let wait = self.timer.wait_until();
-            let event = match tokio::time::timeout_at(wait, self.events.next_event()).await {
-                Err(_) => {
-                    self.done = true;
-                    return match self.timer.expired() {
+            "content_block_delta" | "content_block_start" => self.timer.content(),
+            "message_delta" if facts.stops => {
+                self.finished = true;
+                self.timer.finished();
+            }
+            "message_stop" if !self.finished => return self.cut(),
+            "message_stop" => {
+                self.done = true;
+                self.draining = true;
+            }
+            _ => {}
+        }
+        self.timer.event();
+        self.chunks += 1;
+        Some(Ok(RawEvent {
+            event: event.event,
+            data: event.data,
+        }))
+    }
+}
+
+impl Stream for RawReader {
+    type Item = std::result::Result<RawEvent, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.draining {
+                ready!(this.events.poll_drain(cx, DRAIN_LIMIT));
+                this.draining = false;
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let event = match this.events.poll_next_event(cx) {
+                Poll::Pending => {
+                    let expired = ready!(this.timer.poll_expired(cx));
+                    this.done = true;
+                    return Poll::Ready(match expired {
                         Expired::Finalise => None,
                         Expired::Error(error) => Some(Err(error)),
-                    };
+                    });
                 }
-                Ok(None) => return self.cut(),
-                Ok(Some(Err(error))) => {
-                    if self.finished {
-                        self.done = true;
-                        return None;
+                Poll::Ready(None) => return Poll::Ready(this.cut()),
+                Poll::Ready(Some(Err(error))) => {
+                    this.done = true;
+                    if this.finished {
+                        return Poll::Ready(None);
                     }
-                    self.done = true;
-                    return Some(Err(source_failure(error, self.chunks)));
+                    return Poll::Ready(Some(Err(source_failure(error, this.chunks))));
                 }
-                Ok(Some(Ok(event))) => event,
+                Poll::Ready(Some(Ok(event))) => event,
             };
-            let Some(facts) = EventFacts::read(&event.data) else {
-                count_malformed(&self.provider);
-                continue;
-            };
-            let name = event.event.as_deref().or(facts.kind.as_deref());
-            match name.unwrap_or_default() {
-                "error" => {
-                    self.done = true;
-                    let data = serde_json::from_str::<Value>(&event.data).unwrap_or_default();
-                    return Some(Err(in_band_error(&data, self.secret.as_ref())));
-                }
-                "content_block_delta" | "content_block_start" => self.timer.content(),
-                "message_delta" if facts.stops => {
-                    self.finished = true;
-                    self.timer.finished();
-                }
-                "message_stop" if !self.finished => return self.cut(),
-                "message_stop" => {
-                    self.done = true;
-                    self.events.drain(DRAIN_LIMIT).await;
-                }
-                _ => {}
+            if let Some(item) = this.read(event) {
+                return Poll::Ready(Some(item));
             }
-            self.chunks += 1;
-            return Some(Ok(RawEvent {
-                event: event.event,
-                data: event.data,
-            }));
         }
     }
 }
@@ -1624,21 +1664,10 @@ impl Provider for AnthropicProvider {
             object.insert("stream".into(), Value::Bool(true));
         }
         let (response, timed) = self.open_events(&body, ctx).await?;
-        let reader = RawReader {
-            events: response_events(response),
-            timer: RawTimer::new(&timed),
-            provider: self.http.provider_id().to_owned(),
-            secret: self.http.secret().cloned(),
-            chunks: 0,
-            finished: false,
-            done: false,
-        };
-        Ok(Box::pin(futures_util::stream::unfold(
-            reader,
-            |mut r| async {
-                let item = r.next_item().await?;
-                Some((item, r))
-            },
+        Ok(Box::pin(RawReader::new(
+            response_events(response),
+            &timed,
+            &self.http,
         )))
     }
 

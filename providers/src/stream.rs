@@ -13,7 +13,9 @@
 //! - **silence**: first-token, idle and deadline timeouts, applied by
 //!   core's `TimedStream` (chat) or [`RawTimer`] (native events).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +23,7 @@ use futures_core::Stream;
 use serde_json::Value;
 use switchyard_core::stream::FINALIZE_AFTER;
 use switchyard_core::{CallContext, ProviderError, Secret, TimeoutPhase, UpstreamError};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::http::{redact, refine_category};
 use crate::sse::{EventSource, SourceError, SseEvent};
@@ -90,13 +92,27 @@ pub fn source_failure<E>(error: SourceError<E>, chunks: u64) -> ProviderError {
 /// events): the same rules as core's `TimedStream`. Content arrives with
 /// `content_block_delta`; after completion, [`FINALIZE_AFTER`] of silence
 /// ends the stream cleanly.
-#[derive(Debug)]
 pub struct RawTimer {
-    first_token: Instant,
+    sleep: Pin<Box<Sleep>>,
+    /// When the current limit runs out. The sleep may be set earlier than
+    /// this (it then re-arms when it fires) but never later: moving a
+    /// timer on every event costs a timer-wheel update, so a limit that
+    /// only grows is applied lazily.
+    due: Instant,
     idle: Duration,
     deadline: Option<Instant>,
     seen_content: bool,
     finished: bool,
+}
+
+impl std::fmt::Debug for RawTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTimer")
+            .field("due", &self.due)
+            .field("seen_content", &self.seen_content)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the timer says about a wait that expired.
@@ -111,8 +127,10 @@ pub enum Expired {
 impl RawTimer {
     /// Starts the first-token clock.
     pub fn new(ctx: &CallContext) -> Self {
+        let due = limit_at(ctx.deadline, ctx.first_token_timeout);
         Self {
-            first_token: Instant::now() + ctx.first_token_timeout,
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
             idle: ctx.stream_idle_timeout,
             deadline: ctx.deadline,
             seen_content: false,
@@ -130,24 +148,40 @@ impl RawTimer {
         self.finished = true;
     }
 
-    /// When the current wait expires.
-    pub fn wait_until(&self) -> Instant {
-        let now = Instant::now();
-        let at = if self.finished {
-            now + FINALIZE_AFTER
+    /// Restarts the wait after an event (after [`content`](Self::content)
+    /// or [`finished`](Self::finished) for that event): silence is counted
+    /// from here, except before content, when the first-token clock runs on.
+    pub fn event(&mut self) {
+        let limit = if self.finished {
+            FINALIZE_AFTER
         } else if self.seen_content {
-            now + self.idle
+            self.idle
         } else {
-            self.first_token
+            return;
         };
-        match self.deadline {
-            Some(deadline) => at.min(deadline),
-            None => at,
+        self.due = limit_at(self.deadline, limit);
+        if self.due < self.sleep.deadline() {
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
         }
     }
 
-    /// What an expired wait means.
-    pub fn expired(&self) -> Expired {
+    /// Ready with what the silence means once the current limit has run
+    /// out; registers the wake-up otherwise.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.sleep.deadline() >= self.due {
+                return Poll::Ready(self.expired());
+            }
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    fn expired(&self) -> Expired {
         if self.finished {
             return Expired::Finalise;
         }
@@ -162,6 +196,11 @@ impl RawTimer {
     }
 }
 
+fn limit_at(deadline: Option<Instant>, limit: Duration) -> Instant {
+    let at = Instant::now() + limit;
+    deadline.map_or(at, |deadline| at.min(deadline))
+}
+
 /// Whether an event's data is the OpenAI terminator.
 pub fn is_done(event: &SseEvent) -> bool {
     event.data.trim() == "[DONE]"
@@ -172,6 +211,78 @@ mod tests {
     use super::*;
     use serde_json::json;
     use switchyard_core::UpstreamCategory;
+
+    /// What polling `timer` once says: `None` while it is still waiting.
+    fn poll_once(timer: &mut RawTimer) -> Option<Expired> {
+        let waker = futures_util::task::noop_waker();
+        match timer.poll_expired(&mut Context::from_waker(&waker)) {
+            Poll::Ready(expired) => Some(expired),
+            Poll::Pending => None,
+        }
+    }
+
+    fn timer(first_token: u64, idle: u64) -> RawTimer {
+        RawTimer::new(&CallContext {
+            first_token_timeout: Duration::from_secs(first_token),
+            stream_idle_timeout: Duration::from_secs(idle),
+            ..CallContext::default()
+        })
+    }
+
+    async fn advance_ms(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn raw_timer_limits_silence_not_the_whole_stream() {
+        // Events without content do not hold off the first-token limit.
+        let mut t = timer(3, 1);
+        for _ in 0..2 {
+            advance_ms(1_400).await;
+            t.event();
+            assert_eq!(poll_once(&mut t), None);
+        }
+        advance_ms(300).await;
+        assert_eq!(
+            poll_once(&mut t),
+            Some(Expired::Error(ProviderError::Timeout {
+                phase: TimeoutPhase::FirstToken
+            }))
+        );
+
+        // After content, each event gives the stream its full idle limit
+        // again: five events 900 ms apart outlast a 1 s limit.
+        let mut t = timer(3, 1);
+        t.content();
+        t.event();
+        for _ in 0..5 {
+            advance_ms(900).await;
+            assert_eq!(poll_once(&mut t), None);
+            t.event();
+        }
+        advance_ms(900).await;
+        assert_eq!(poll_once(&mut t), None);
+        advance_ms(200).await;
+        assert_eq!(
+            poll_once(&mut t),
+            Some(Expired::Error(ProviderError::Timeout {
+                phase: TimeoutPhase::StreamIdle
+            }))
+        );
+
+        // Once complete, a short silence ends the stream cleanly, even
+        // when the idle limit is longer.
+        let mut t = timer(30, 30);
+        t.content();
+        t.event();
+        assert_eq!(poll_once(&mut t), None);
+        t.finished();
+        t.event();
+        advance_ms(FINALIZE_AFTER.as_millis() as u64 - 100).await;
+        assert_eq!(poll_once(&mut t), None);
+        advance_ms(200).await;
+        assert_eq!(poll_once(&mut t), Some(Expired::Finalise));
+    }
 
     #[test]
     fn in_band_errors_are_classified() {
