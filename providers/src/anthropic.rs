@@ -1043,6 +1043,8 @@ impl AnthropicToChunks {
     }
 }
 
+/// Anthropic events in, OpenAI chunks out, polled directly so a chunk
+/// moves no future on its way.
 struct AnthropicChunkReader {
     events: ResponseEvents,
     translator: AnthropicToChunks,
@@ -1052,6 +1054,9 @@ struct AnthropicChunkReader {
     chunks: u64,
     usage_sent: bool,
     done: bool,
+    /// After a complete `message_stop`: the rest of the body is being
+    /// read (briefly) so the connection can be reused.
+    draining: bool,
 }
 
 impl AnthropicChunkReader {
@@ -1070,45 +1075,62 @@ impl AnthropicChunkReader {
         }
     }
 
-    async fn next_item(&mut self) -> Option<std::result::Result<ChatChunk, ProviderError>> {
+    /// Translates one event into `pending`; an item when the stream ends
+    /// with it (an error event, or a `message_stop` before completion).
+    fn read(&mut self, event: SseEvent) -> Option<std::result::Result<ChatChunk, ProviderError>> {
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            count_malformed(&self.provider);
+            return None;
+        };
+        let name = event
+            .event
+            .or_else(|| data.get("type").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        if name == "error" {
+            self.done = true;
+            return Some(Err(in_band_error(&data, self.secret.as_ref())));
+        }
+        if name == "message_stop" {
+            if !self.translator.is_finished() {
+                return self.end();
+            }
+            self.usage_sent = true;
+            self.done = true;
+            self.draining = true;
+        }
+        self.pending.extend(self.translator.on_event(&name, &data));
+        None
+    }
+}
+
+impl Stream for AnthropicChunkReader {
+    type Item = std::result::Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
         loop {
-            if let Some(chunk) = self.pending.pop_front() {
-                self.chunks += 1;
-                return Some(Ok(chunk));
+            if let Some(chunk) = this.pending.pop_front() {
+                this.chunks += 1;
+                return Poll::Ready(Some(Ok(chunk)));
             }
-            if self.done {
-                return None;
+            if this.draining {
+                ready!(this.events.poll_drain(cx, DRAIN_LIMIT));
+                this.draining = false;
             }
-            let event = match self.events.next_event().await {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let event = match ready!(this.events.poll_next_event(cx)) {
                 Some(Ok(event)) => event,
-                Some(Err(error)) if !self.translator.is_finished() => {
-                    self.done = true;
-                    return Some(Err(source_failure(error, self.chunks)));
+                Some(Err(error)) if !this.translator.is_finished() => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(source_failure(error, this.chunks))));
                 }
-                Some(Err(_)) | None => return self.end(),
+                Some(Err(_)) | None => return Poll::Ready(this.end()),
             };
-            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
-                count_malformed(&self.provider);
-                continue;
-            };
-            let name = event
-                .event
-                .clone()
-                .or_else(|| data.get("type").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_default();
-            if name == "error" {
-                self.done = true;
-                return Some(Err(in_band_error(&data, self.secret.as_ref())));
+            if let Some(item) = this.read(event) {
+                return Poll::Ready(Some(item));
             }
-            if name == "message_stop" {
-                if !self.translator.is_finished() {
-                    return self.end();
-                }
-                self.usage_sent = true;
-                self.done = true;
-                self.events.drain(DRAIN_LIMIT).await;
-            }
-            self.pending.extend(self.translator.on_event(&name, &data));
         }
     }
 }
@@ -1301,43 +1323,47 @@ impl ChunksToAnthropic {
 /// the chunk stream is passed through (the caller renders it as an
 /// Anthropic `error` event) and ends the stream.
 pub fn chat_stream_to_anthropic(stream: ChatStream, model: impl Into<String>) -> RawEventStream {
-    struct State {
-        stream: ChatStream,
-        translator: ChunksToAnthropic,
-        pending: VecDeque<RawEvent>,
-        done: bool,
-    }
-    let state = State {
+    Box::pin(ChunksAsEvents {
         stream,
         translator: ChunksToAnthropic::new(model),
         pending: VecDeque::new(),
         done: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            use futures_util::StreamExt;
-            loop {
-                if let Some(event) = state.pending.pop_front() {
-                    return Some((Ok(event), state));
+    })
+}
+
+/// [`chat_stream_to_anthropic`]'s stream, polled directly.
+struct ChunksAsEvents {
+    stream: ChatStream,
+    translator: ChunksToAnthropic,
+    pending: VecDeque<RawEvent>,
+    done: bool,
+}
+
+impl Stream for ChunksAsEvents {
+    type Item = std::result::Result<RawEvent, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(event) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(this.stream.as_mut().poll_next(cx)) {
+                Some(Ok(chunk)) => this.pending.extend(this.translator.on_chunk(&chunk)),
+                Some(Err(error)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error)));
                 }
-                if state.done {
-                    return None;
-                }
-                match state.stream.next().await {
-                    Some(Ok(chunk)) => state.pending.extend(state.translator.on_chunk(&chunk)),
-                    Some(Err(error)) => {
-                        state.done = true;
-                        return Some((Err(error), state));
-                    }
-                    None => {
-                        state.done = true;
-                        state.pending.extend(state.translator.finish());
-                    }
+                None => {
+                    this.done = true;
+                    this.pending.extend(this.translator.finish());
                 }
             }
-        },
-    ))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1612,7 +1638,7 @@ impl Provider for AnthropicProvider {
         let body = chat_request_to_anthropic(&request, self.default_max_tokens(&request.model))
             .map_err(TranslationError::into_provider_error)?;
         let (response, timed) = self.open_events(&body, ctx).await?;
-        let reader = AnthropicChunkReader {
+        let stream: ChatStream = Box::pin(AnthropicChunkReader {
             events: response_events(response),
             translator: AnthropicToChunks::new(),
             pending: VecDeque::new(),
@@ -1621,11 +1647,8 @@ impl Provider for AnthropicProvider {
             chunks: 0,
             usage_sent: false,
             done: false,
-        };
-        let stream: ChatStream = Box::pin(futures_util::stream::unfold(reader, |mut r| async {
-            let item = r.next_item().await?;
-            Some((item, r))
-        }));
+            draining: false,
+        });
         Ok(TimedStream::boxed(stream, &timed))
     }
 

@@ -38,7 +38,7 @@ use switchyard_core::{
     RequestType, Usage,
 };
 use switchyard_providers::{
-    ChunksToAnthropic, TranslationError, anthropic_request_to_chat, chat_response_to_anthropic,
+    TranslationError, anthropic_request_to_chat, chat_response_to_anthropic,
     uses_anthropic_only_features,
 };
 use tracing::Instrument;
@@ -328,28 +328,7 @@ fn translated_events(
     ctx: &switchyard_core::CallContext,
     model: String,
 ) -> RawEventStream {
-    let chunks = TimedStream::boxed(stream, ctx);
-    let state = (chunks, ChunksToAnthropic::new(model), false);
-    Box::pin(
-        futures_util::stream::unfold(state, |(mut chunks, mut translator, done)| async move {
-            if done {
-                return None;
-            }
-            match chunks.next().await {
-                Some(Ok(chunk)) => {
-                    let events: Vec<Result<RawEvent, ProviderError>> =
-                        translator.on_chunk(&chunk).into_iter().map(Ok).collect();
-                    Some((events, (chunks, translator, false)))
-                }
-                Some(Err(error)) => Some((vec![Err(error)], (chunks, translator, true))),
-                None => {
-                    let events = translator.finish().into_iter().map(Ok).collect();
-                    Some((events, (chunks, translator, true)))
-                }
-            }
-        })
-        .flat_map(futures_util::stream::iter),
-    )
+    switchyard_providers::chat_stream_to_anthropic(TimedStream::boxed(stream, ctx), model)
 }
 
 async fn stream_messages(
