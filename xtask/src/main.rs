@@ -32,8 +32,9 @@ Commands:
             --skip-doc      skip `cargo doc --workspace --no-deps` (doc tests still run)
             --skip-chaos    skip `cargo xtask chaos --quick`
   bench   Measure gateway overhead against a do-nothing upstream: direct vs
-          nginx (the floor) vs switchyard, at 1 and 64 connections, plain and
-          streaming; prints a markdown table (installs wrk and nginx if missing).
+          nginx (the floor) vs a bare hyper proxy (the Rust floor) vs
+          switchyard, at 1 and 64 connections, plain and streaming; prints a
+          markdown table (installs wrk and nginx if missing).
             --seconds N     measured seconds per cell (default 10)
             --providers N   providers configured for the model (default 100)
             --micro         run the criterion micro-benchmarks instead (selection

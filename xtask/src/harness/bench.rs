@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: gateway overhead against a do-nothing upstream, direct vs nginx vs Switchyard.
 //!
 //! The same load (wrk, fixed connections, warm-up, fixed duration) runs
-//! three ways in one go: straight at a mock upstream that answers fixed
+//! four ways in one go: straight at a mock upstream that answers fixed
 //! bytes, through an nginx `proxy_pass` with upstream keepalive (the floor
-//! of a plain reverse proxy), and through the release `switchyard` binary
-//! with 100 providers configured for the model. The proxy under test is
+//! of a plain reverse proxy), through a bare hyper proxy (the floor of a
+//! Rust one: [`crate::floor`]), and through the release `switchyard`
+//! binary with 100 providers configured for the model. The targets are
+//! judged against nginx; the hyper row shows how much of the gap is the
+//! HTTP stack itself. The proxy under test is
 //! pinned to CPU 0, wrk and the mock to CPU 1 (when `taskset` exists).
 //! Reported: requests/s, p50/p99 as wrk measures them (raw, not corrected
 //! for coordinated omission), p50 added over direct, the proxy's CPU time
@@ -343,6 +346,25 @@ async fn start_nginx(dir: &Path, upstream_port: u16) -> Result<Proxy, String> {
     Ok(Proxy { child, url })
 }
 
+async fn start_hyper_floor(upstream_port: u16) -> Result<Proxy, String> {
+    let port = free_port()?;
+    let harness =
+        std::env::current_exe().map_err(|e| format!("cannot find the harness binary: {e}"))?;
+    let args = vec![
+        "floor-proxy".to_owned(),
+        port.to_string(),
+        upstream_port.to_string(),
+    ];
+    let child = pinned("0", &harness, &args)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the hyper floor proxy: {e}"))?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url).await?;
+    Ok(Proxy { child, url })
+}
+
 async fn start_switchyard(
     dir: &Path,
     server: &Path,
@@ -443,6 +465,11 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
         cells.extend(measure("nginx", &nginx.url, pid, &dir, &options).await?);
     }
     {
+        let floor = start_hyper_floor(upstream_port).await?;
+        let pid = floor.child.id();
+        cells.extend(measure("hyper", &floor.url, pid, &dir, &options).await?);
+    }
+    {
         let gateway = start_switchyard(&dir, server, upstream_port, options.providers).await?;
         let pid = gateway.child.id();
         cells.extend(measure("switchyard", &gateway.url, pid, &dir, &options).await?);
@@ -507,6 +534,26 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
             "\n{mode}: throughput vs nginx at 64 conns {throughput:.2}× (target ≥ 0.8); added p50 vs nginx's at 1 conn {added:.2}× (≤ 1.5); CPU per request vs nginx {cpu:.2}× (≤ 1.5); peak RSS {rss:.1} MiB (< 30)"
         );
         ok &= throughput >= 0.8 && added <= 1.5 && cpu <= 1.5 && rss < 30.0;
+        if let (Some(hy64), Some(hy1)) = (
+            find(&cells, "hyper", 64, stream),
+            find(&cells, "hyper", 1, stream),
+        ) {
+            let floor_throughput = hy64.rps / ng64.rps;
+            let floor_cpu = match (hy64.cpu_us_per_request, ng64.cpu_us_per_request) {
+                (Some(h), Some(n)) if n > 0.0 => h / n,
+                _ => f64::NAN,
+            };
+            let vs_hyper_throughput = sy64.rps / hy64.rps;
+            let vs_hyper_added = (sy1.p50_us - d1.p50_us) / (hy1.p50_us - d1.p50_us).max(1.0);
+            let vs_hyper_cpu = match (sy64.cpu_us_per_request, hy64.cpu_us_per_request) {
+                (Some(s), Some(h)) if h > 0.0 => s / h,
+                _ => f64::NAN,
+            };
+            let _ = writeln!(
+                out,
+                "{mode}, for scale: the bare hyper proxy does {floor_throughput:.2}× nginx's throughput at {floor_cpu:.2}× its CPU; switchyard against it: throughput {vs_hyper_throughput:.2}×, added p50 {vs_hyper_added:.2}×, CPU {vs_hyper_cpu:.2}×"
+            );
+        }
     }
     print!("{out}");
     let report = dir.join("bench.md");

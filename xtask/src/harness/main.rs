@@ -2,11 +2,13 @@
 //!
 //! `cargo xtask chaos` builds and runs this binary (feature `harness`), so
 //! its dependencies (tokio, reqwest) never slow down `cargo xtask ci`'s
-//! start-up. Arguments: `chaos [--quick] [--only N,N] --server PATH --root PATH`.
+//! start-up. Arguments: `chaos [--quick] [--only N,N] --server PATH --root PATH`;
+//! the bench also starts it as `floor-proxy LISTEN_PORT UPSTREAM_PORT`.
 
 mod bench;
 mod chaos;
 mod demo;
+mod floor;
 mod gateway;
 mod upstream;
 
@@ -19,6 +21,21 @@ fn main() -> ExitCode {
         eprintln!("usage: xtask-harness chaos [--quick] [--only N,N] --server PATH --root PATH");
         return ExitCode::from(2);
     };
+    // Started by the bench itself: `floor-proxy LISTEN_PORT UPSTREAM_PORT`.
+    if command == "floor-proxy" {
+        let ports: Vec<u16> = rest.iter().filter_map(|p| p.parse().ok()).collect();
+        let [listen, upstream] = ports[..] else {
+            eprintln!("usage: xtask-harness floor-proxy LISTEN_PORT UPSTREAM_PORT");
+            return ExitCode::from(2);
+        };
+        return match floor::run(listen, upstream) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("floor-proxy: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut quick = false;
     let mut seconds = 10;
     let mut providers = 100;
