@@ -24,16 +24,70 @@ use crate::types::{ChatChunk, ChatStream};
 /// How long a complete stream may stay open waiting for its terminator.
 pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
 
+/// A limit on silence that moves later with every sign of life, without
+/// touching the timer wheel each time: the sleep may be set earlier than
+/// the limit (it then re-arms when it fires) but never later. Moving a
+/// timer on every chunk costs a timer-wheel update; a limit that only
+/// grows is applied lazily. [`TimedStream`] and the providers' timers for
+/// native event streams share it.
+pub struct SilenceTimer {
+    sleep: Pin<Box<Sleep>>,
+    due: Instant,
+}
+
+impl std::fmt::Debug for SilenceTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SilenceTimer")
+            .field("due", &self.due)
+            .finish()
+    }
+}
+
+impl SilenceTimer {
+    /// A limit running out `limit` from now, or at `deadline` if sooner.
+    pub fn new(deadline: Option<Instant>, limit: Duration) -> Self {
+        let due = limit_at(deadline, limit);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
+        }
+    }
+
+    /// Sets the limit to `limit` from now (or `deadline`, if sooner).
+    pub fn restart(&mut self, deadline: Option<Instant>, limit: Duration) {
+        self.due = limit_at(deadline, limit);
+        if self.due < self.sleep.deadline() {
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// Ready once the limit has really run out; if it only moved later,
+    /// the sleep is set to the new time and the wake-up registered.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.sleep.deadline() >= self.due {
+                return Poll::Ready(());
+            }
+            let due = self.due;
+            self.sleep.as_mut().reset(due);
+        }
+    }
+}
+
+fn limit_at(deadline: Option<Instant>, limit: Duration) -> Instant {
+    let at = Instant::now() + limit;
+    deadline.map_or(at, |deadline| at.min(deadline))
+}
+
 /// A chat stream with first-token, idle and deadline timeouts and the
 /// completeness rule applied.
 pub struct TimedStream {
     inner: ChatStream,
-    sleep: Pin<Box<Sleep>>,
-    /// When the current limit runs out. The sleep may be set earlier
-    /// than this (it then re-arms when it fires) but never later: moving a
-    /// timer on every chunk costs a timer-wheel update, so a limit that
-    /// only grows is applied lazily.
-    due: Instant,
+    silence: SilenceTimer,
     idle_timeout: Duration,
     deadline: Option<Instant>,
     seen_content: bool,
@@ -45,11 +99,9 @@ pub struct TimedStream {
 impl TimedStream {
     /// Wraps `inner`; the first-token clock starts now.
     pub fn new(inner: ChatStream, ctx: &CallContext) -> Self {
-        let due = Self::limit_at(ctx.deadline, ctx.first_token_timeout);
         Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(due)),
-            due,
+            silence: SilenceTimer::new(ctx.deadline, ctx.first_token_timeout),
             idle_timeout: ctx.stream_idle_timeout,
             deadline: ctx.deadline,
             seen_content: false,
@@ -64,32 +116,8 @@ impl TimedStream {
         Box::pin(Self::new(inner, ctx))
     }
 
-    fn limit_at(deadline: Option<Instant>, limit: Duration) -> Instant {
-        let at = Instant::now() + limit;
-        deadline.map_or(at, |deadline| at.min(deadline))
-    }
-
     fn arm(&mut self, limit: Duration) {
-        let at = Self::limit_at(self.deadline, limit);
-        self.due = at;
-        if at < self.sleep.deadline() {
-            self.sleep.as_mut().reset(at);
-        }
-    }
-
-    /// Whether the limit really ran out when the sleep fired; if it only
-    /// moved later, the sleep is set to the new time instead.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if self.sleep.deadline() >= self.due {
-                return true;
-            }
-            let due = self.due;
-            self.sleep.as_mut().reset(due);
-        }
+        self.silence.restart(self.deadline, limit);
     }
 
     fn on_chunk(&mut self, chunk: &ChatChunk) {
@@ -146,7 +174,7 @@ impl Stream for TimedStream {
                 }
             }
             Poll::Pending => {
-                if !this.expired(cx) {
+                if this.silence.poll_expired(cx).is_pending() {
                     return Poll::Pending;
                 }
                 this.done = true;

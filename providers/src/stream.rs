@@ -13,17 +13,16 @@
 //! - **silence**: first-token, idle and deadline timeouts, applied by
 //!   core's `TimedStream` (chat) or [`RawTimer`] (native events).
 
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
 use serde_json::Value;
-use switchyard_core::stream::FINALIZE_AFTER;
+use switchyard_core::stream::{FINALIZE_AFTER, SilenceTimer};
 use switchyard_core::{CallContext, ProviderError, Secret, TimeoutPhase, UpstreamError};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::http::{redact, refine_category};
 use crate::sse::{EventSource, SourceError, SseEvent};
@@ -93,12 +92,7 @@ pub fn source_failure<E>(error: SourceError<E>, chunks: u64) -> ProviderError {
 /// `content_block_delta`; after completion, [`FINALIZE_AFTER`] of silence
 /// ends the stream cleanly.
 pub struct RawTimer {
-    sleep: Pin<Box<Sleep>>,
-    /// When the current limit runs out. The sleep may be set earlier than
-    /// this (it then re-arms when it fires) but never later: moving a
-    /// timer on every event costs a timer-wheel update, so a limit that
-    /// only grows is applied lazily.
-    due: Instant,
+    silence: SilenceTimer,
     idle: Duration,
     deadline: Option<Instant>,
     seen_content: bool,
@@ -108,7 +102,7 @@ pub struct RawTimer {
 impl std::fmt::Debug for RawTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawTimer")
-            .field("due", &self.due)
+            .field("silence", &self.silence)
             .field("seen_content", &self.seen_content)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
@@ -127,10 +121,8 @@ pub enum Expired {
 impl RawTimer {
     /// Starts the first-token clock.
     pub fn new(ctx: &CallContext) -> Self {
-        let due = limit_at(ctx.deadline, ctx.first_token_timeout);
         Self {
-            sleep: Box::pin(tokio::time::sleep_until(due)),
-            due,
+            silence: SilenceTimer::new(ctx.deadline, ctx.first_token_timeout),
             idle: ctx.stream_idle_timeout,
             deadline: ctx.deadline,
             seen_content: false,
@@ -159,26 +151,14 @@ impl RawTimer {
         } else {
             return;
         };
-        self.due = limit_at(self.deadline, limit);
-        if self.due < self.sleep.deadline() {
-            let due = self.due;
-            self.sleep.as_mut().reset(due);
-        }
+        self.silence.restart(self.deadline, limit);
     }
 
     /// Ready with what the silence means once the current limit has run
     /// out; registers the wake-up otherwise.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
-        loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if self.sleep.deadline() >= self.due {
-                return Poll::Ready(self.expired());
-            }
-            let due = self.due;
-            self.sleep.as_mut().reset(due);
-        }
+        ready!(self.silence.poll_expired(cx));
+        Poll::Ready(self.expired())
     }
 
     fn expired(&self) -> Expired {
@@ -194,11 +174,6 @@ impl RawTimer {
         };
         Expired::Error(ProviderError::Timeout { phase })
     }
-}
-
-fn limit_at(deadline: Option<Instant>, limit: Duration) -> Instant {
-    let at = Instant::now() + limit;
-    deadline.map_or(at, |deadline| at.min(deadline))
 }
 
 /// Whether an event's data is the OpenAI terminator.
