@@ -30,17 +30,10 @@ pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
 /// timer on every chunk costs a timer-wheel update; a limit that only
 /// grows is applied lazily. [`TimedStream`] and the providers' timers for
 /// native event streams share it.
+#[derive(Debug)]
 pub struct SilenceTimer {
     sleep: Pin<Box<Sleep>>,
     due: Instant,
-}
-
-impl std::fmt::Debug for SilenceTimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SilenceTimer")
-            .field("due", &self.due)
-            .finish()
-    }
 }
 
 impl SilenceTimer {

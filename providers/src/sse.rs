@@ -295,14 +295,9 @@ where
 
     /// Reads and discards the rest of the input for at most `limit`: after
     /// a protocol terminator the body usually ends at once, and reading
-    /// that end lets the connection go back to the pool.
-    pub async fn drain(&mut self, limit: Duration) {
-        std::future::poll_fn(|cx| self.poll_drain(cx, limit)).await;
-    }
-
-    /// [`drain`](Self::drain) for callers that are streams themselves. The
-    /// `limit` is counted from the first time input is not ready, so a
-    /// body that has already ended sets no timer.
+    /// that end lets the connection go back to the pool. The `limit` is
+    /// counted from the first time input is not ready, so a body that has
+    /// already ended sets no timer.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>, limit: Duration) -> Poll<()> {
         while !self.ended {
             match self.inner.poll_next_unpin(cx) {

@@ -91,22 +91,13 @@ pub fn source_failure<E>(error: SourceError<E>, chunks: u64) -> ProviderError {
 /// events): the same rules as core's `TimedStream`. Content arrives with
 /// `content_block_delta`; after completion, [`FINALIZE_AFTER`] of silence
 /// ends the stream cleanly.
+#[derive(Debug)]
 pub struct RawTimer {
     silence: SilenceTimer,
     idle: Duration,
     deadline: Option<Instant>,
     seen_content: bool,
     finished: bool,
-}
-
-impl std::fmt::Debug for RawTimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawTimer")
-            .field("silence", &self.silence)
-            .field("seen_content", &self.seen_content)
-            .field("finished", &self.finished)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What the timer says about a wait that expired.

@@ -93,19 +93,24 @@ pub fn poll_frame(
 
 /// `event: <name>\ndata: <json>\n\n` (`data:` alone when there is no name).
 pub fn event(name: Option<&str>, data: &str) -> String {
-    let mut out = String::with_capacity(data.len() + 32);
+    let mut out = BytesMut::with_capacity(data.len() + 32);
+    put_event(&mut out, name, data);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Appends [`event`]'s text to `out`, for writers that build body frames.
+pub fn put_event(out: &mut BytesMut, name: Option<&str>, data: &str) {
     if let Some(name) = name {
-        out.push_str("event: ");
-        out.push_str(name);
-        out.push('\n');
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.put_u8(b'\n');
     }
     for line in data.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.put_u8(b'\n');
     }
-    out.push('\n');
-    out
+    out.put_u8(b'\n');
 }
 
 /// The OpenAI stream terminator.

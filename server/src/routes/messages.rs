@@ -449,20 +449,19 @@ impl MessageEvents {
         if self.finished {
             return Poll::Ready(false);
         }
-        let text = match ready!(self.events.poll_next_unpin(cx)) {
-            Some(Ok(event)) => self.native_event(event),
-            Some(Err(error)) => self.failed(&error),
+        match ready!(self.events.poll_next_unpin(cx)) {
+            Some(Ok(event)) => self.native_event(event, out),
+            Some(Err(error)) => out.extend_from_slice(self.failed(&error).as_bytes()),
             None => {
                 self.finish("200");
                 return Poll::Ready(false);
             }
-        };
-        out.extend_from_slice(text.as_bytes());
+        }
         Poll::Ready(true)
     }
 
-    /// A native event, forwarded untouched except `message_start`'s model.
-    fn native_event(&mut self, event: RawEvent) -> String {
+    /// Appends a native event to `out`, untouched except `message_start`'s model.
+    fn native_event(&mut self, event: RawEvent, out: &mut BytesMut) {
         let name = event_name(&event);
         if name == "message_start" || name == "message_delta" {
             if let Ok(mut data) = serde_json::from_str::<Value>(&event.data) {
@@ -473,7 +472,8 @@ impl MessageEvents {
                     if let Some(message) = data.get_mut("message").and_then(Value::as_object_mut) {
                         message.insert("model".into(), Value::String(self.answered.model.clone()));
                     }
-                    return sse::event(event.event.as_deref(), &data.to_string());
+                    sse::put_event(out, event.event.as_deref(), &data.to_string());
+                    return;
                 }
                 if let Some(output) = data.pointer("/usage/output_tokens").and_then(Value::as_u64) {
                     self.usage.completion_tokens = output;
@@ -485,7 +485,7 @@ impl MessageEvents {
                 }
             }
         }
-        sse::event(event.event.as_deref(), &event.data)
+        sse::put_event(out, event.event.as_deref(), &event.data);
     }
 }
 
