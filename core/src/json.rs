@@ -13,6 +13,17 @@ use serde::Deserialize;
 
 use crate::types::Usage;
 
+/// Parses JSON from bytes. `serde_json::from_slice` checks UTF-8 string by
+/// string, which costs more than one check of the whole body when a body
+/// has many short strings (keys included); invalid UTF-8 still goes
+/// through `from_slice`, which reports where it is.
+pub fn from_bytes<'a, T: Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+}
+
 /// The byte range of a JSON object's top-level `"model"` string value,
 /// quotes included. `None` when the body is not an object, has no string
 /// `model`, or the value has escapes (callers then re-serialise).
@@ -22,7 +33,7 @@ pub fn model_span(body: &[u8]) -> Option<Range<usize>> {
         #[serde(borrow, default)]
         model: Option<&'a str>,
     }
-    let peek: Peek<'_> = serde_json::from_slice(body).ok()?;
+    let peek: Peek<'_> = from_bytes(body).ok()?;
     span_of(body, peek.model?)
 }
 
@@ -109,7 +120,7 @@ impl RawChatResponse {
             #[allow(dead_code)]
             choices: serde::de::IgnoredAny,
         }
-        let peek: Peek<'_> = serde_json::from_slice(&body)?;
+        let peek: Peek<'_> = from_bytes(&body)?;
         let model_span = peek.model.and_then(|m| span_of(&body, m));
         let usage = peek.usage.map(|c| Usage {
             total_tokens: c.total_tokens,
@@ -152,6 +163,18 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    #[test]
+    fn bytes_parse_as_json_and_invalid_utf8_is_an_error_at_its_position() {
+        let value: serde_json::Value = from_bytes("{\"a\":\"é\",\"b\":[1]}".as_bytes()).unwrap();
+        assert_eq!(value["a"], "é");
+        assert_eq!(value["b"][0], 1);
+        let error = from_bytes::<serde_json::Value>(b"{\"a\":\"\xff\"}").unwrap_err();
+        assert!(error.is_syntax(), "{error}");
+        assert_eq!((error.line(), error.column()), (1, 7), "{error}");
+        let error = from_bytes::<serde_json::Value>(b"{\"a\":}").unwrap_err();
+        assert_eq!((error.line(), error.column()), (1, 6), "{error}");
+    }
 
     #[test]
     fn the_model_is_found_and_swapped_without_touching_the_rest() {

@@ -168,7 +168,7 @@ pub trait Provider: Send + Sync + 'static {
         let invalid = |e: serde_json::Error| ProviderError::Protocol {
             message: format!("cannot re-read the chat request: {e}"),
         };
-        let request: ChatRequest = serde_json::from_slice(&body).map_err(invalid)?;
+        let request: ChatRequest = crate::json::from_bytes(&body).map_err(invalid)?;
         let response = self.chat(request, ctx).await?;
         RawChatResponse::from_response(&response)
     }
@@ -185,7 +185,7 @@ pub trait Provider: Send + Sync + 'static {
         ctx: &CallContext,
     ) -> Result<ChatStream, ProviderError> {
         let request: ChatRequest =
-            serde_json::from_slice(&body).map_err(|e| ProviderError::Protocol {
+            crate::json::from_bytes(&body).map_err(|e| ProviderError::Protocol {
                 message: format!("cannot re-read the chat request: {e}"),
             })?;
         self.chat_stream(request, ctx).await

@@ -382,7 +382,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     what: &str,
 ) -> Result<T, ProviderError> {
-    serde_json::from_slice(body).map_err(|e| ProviderError::Protocol {
+    switchyard_core::json::from_bytes(body).map_err(|e| ProviderError::Protocol {
         message: format!("invalid {what} from upstream: {e}"),
     })
 }

@@ -112,7 +112,7 @@ pub fn read_body(
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Tracking the path costs on every field of every request; only a
     // failed parse needs it, so that one is parsed again to name the field.
-    match serde_json::from_slice(bytes) {
+    match switchyard_core::json::from_bytes(bytes) {
         Ok(value) => Ok(value),
         Err(_) => Err(parse_json_error::<T>(bytes)),
     }
