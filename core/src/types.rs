@@ -563,6 +563,16 @@ impl ChatChunk {
             .filter_map(|c| c.delta.content.as_deref())
             .collect()
     }
+
+    /// [`text`](Self::text), borrowed from the chunk when it has at most
+    /// one choice (nearly always): no allocation per streamed token.
+    pub fn text_ref(&self) -> std::borrow::Cow<'_, str> {
+        match self.choices.as_slice() {
+            [] => std::borrow::Cow::Borrowed(""),
+            [only] => std::borrow::Cow::Borrowed(only.delta.content.as_deref().unwrap_or("")),
+            _ => std::borrow::Cow::Owned(self.text()),
+        }
+    }
 }
 
 deserialize_with_extra!(
@@ -831,6 +841,21 @@ mod tests {
         assert_eq!(again, chunk);
         assert!(serde_json::from_str::<ChatChunk>(r#"{"choices":[{"delta":7}]}"#).is_err());
         assert!(serde_json::from_str::<ChatChunk>("[]").is_err());
+    }
+
+    #[test]
+    fn chunk_text_is_borrowed_for_one_choice_and_joined_for_several() {
+        let one: ChatChunk =
+            serde_json::from_str(r#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#).unwrap();
+        assert!(matches!(one.text_ref(), std::borrow::Cow::Borrowed("hi")));
+        let none: ChatChunk = serde_json::from_str(r#"{"choices":[]}"#).unwrap();
+        assert_eq!(none.text_ref(), "");
+        let two: ChatChunk = serde_json::from_str(
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(two.text_ref(), "ab");
+        assert_eq!(two.text_ref(), two.text());
     }
 
     #[test]

@@ -244,8 +244,10 @@ where
         Self {
             inner,
             parser: SseParser::new(),
-            queue: VecDeque::new(),
-            scratch: Vec::new(),
+            // One read often completes a dozen events: sized for that
+            // rather than grown from empty on every stream.
+            queue: VecDeque::with_capacity(16),
+            scratch: Vec::with_capacity(16),
             ended: false,
             drain_timer: None,
         }

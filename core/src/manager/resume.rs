@@ -161,7 +161,9 @@ impl ResumingStream {
             pending: opened.prefix.into(),
             current: opened.rest,
             deployment: opened.deployment,
-            sent_text: String::new(),
+            // Sized for a short answer: growing from empty reallocated
+            // several times per stream.
+            sent_text: String::with_capacity(1024),
             tool_calls_sent: false,
             multi_choice: false,
             carried_usage: None,
@@ -232,7 +234,7 @@ impl ResumingStream {
         if chunk.choices.len() > 1 || chunk.choices.iter().any(|c| c.index > 0) {
             self.multi_choice = true;
         }
-        let text = chunk.text();
+        let text = chunk.text_ref();
         if self.resumed
             && text.is_empty()
             && !chunk.has_content()
@@ -242,7 +244,7 @@ impl ResumingStream {
             return None;
         }
         if let Some(rest) = self.suppress.as_mut() {
-            if rest.starts_with(text.as_str()) && !text.is_empty() {
+            if rest.starts_with(&*text) && !text.is_empty() {
                 rest.drain(..text.len());
                 if rest.is_empty() {
                     self.suppress = None;
@@ -272,7 +274,7 @@ impl ResumingStream {
         if chunk.has_content() {
             self.chunks_this_attempt += 1;
         }
-        self.sent_text.push_str(&chunk.text());
+        self.sent_text.push_str(&chunk.text_ref());
         self.tool_calls_sent |= chunk.has_tool_calls();
         Some(Ok(chunk))
     }
