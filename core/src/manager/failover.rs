@@ -197,7 +197,10 @@ impl ProviderManager {
             move |handle: &ProviderHandle, attempt: Attempt| {
                 let ctx = attempt.ctx.clone();
                 let guard = handle.begin();
-                let call = op(attempt);
+                // Boxed once here: inline, the caller's future (about a
+                // kilobyte) would sit in every enclosing future and be
+                // copied each time one of them is built or moved.
+                let call = Box::pin(op(attempt));
                 async move {
                     let result = bounded(&ctx, ctx.response_timeout, call).await;
                     guard.finish(&result);
@@ -272,7 +275,8 @@ impl ProviderManager {
             move |handle: &ProviderHandle, attempt: Attempt| {
                 let ctx = attempt.ctx.clone();
                 let guard = handle.begin();
-                let call = op(attempt);
+                // Boxed for the reason given in `execute_with_failover`.
+                let call = Box::pin(op(attempt));
                 async move {
                     let opened = bounded(&ctx, ctx.first_token_timeout, call)
                         .await

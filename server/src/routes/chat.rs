@@ -69,10 +69,12 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
         request.estimated_prompt_tokens(),
         request.output_limit(),
     );
+    // Boxed: inline, the larger of the two (kilobytes of state) would
+    // sit in this future and the handler's, copied as each is built.
     if request.stream {
-        stream(state, request, body, options, recorder).await
+        Box::pin(stream(state, request, body, options, recorder)).await
     } else {
-        unary(state, request, body, options, recorder).await
+        Box::pin(unary(state, request, body, options, recorder)).await
     }
 }
 

@@ -162,10 +162,11 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
         chat,
         native_only,
     };
+    // Boxed for the reason given in `chat::run`.
     if prepared.stream {
-        stream_messages(state, prepared, options, recorder).await
+        Box::pin(stream_messages(state, prepared, options, recorder)).await
     } else {
-        unary(state, prepared, options, recorder).await
+        Box::pin(unary(state, prepared, options, recorder)).await
     }
 }
 
