@@ -5,7 +5,8 @@
 //! bytes, through an nginx `proxy_pass` with upstream keepalive (the floor
 //! of a plain reverse proxy), through a bare hyper proxy (the floor of a
 //! Rust one: [`crate::floor`]), and through the release `switchyard`
-//! binary with 100 providers configured for the model. The targets are
+//! binary with 100 providers configured for the model. Each cell runs on
+//! the four back to back, so ratios compare runs seconds apart. The targets are
 //! judged against nginx; the hyper row shows how much of the gap is the
 //! HTTP stack itself. The proxy under test is
 //! pinned to CPU 0, wrk and the mock to CPU 1 (when `taskset` exists).
@@ -401,46 +402,41 @@ async fn start_switchyard(
     Ok(Proxy { child, url })
 }
 
+/// One cell: warm-up, then `options.seconds` of load at `connections`.
 async fn measure(
     target: &'static str,
     url: &str,
     pid: Option<u32>,
     dir: &Path,
     options: &Options,
-) -> Result<Vec<Cell>, String> {
+    (stream, connections): (bool, u32),
+) -> Result<Cell, String> {
     let ticks_per_second = 100.0;
-    let mut cells = Vec::new();
-    for stream in [false, true] {
-        let script = lua_script(dir, stream)?;
-        let endpoint = format!("{url}/v1/chat/completions");
-        for connections in [1u32, 64] {
-            // Warm-up: connections open, pools fill, caches warm.
-            wrk(&endpoint, &script, connections, 2).await?;
-            let before = pid.map(family_ticks);
-            let (rps, p50, p99, errors) =
-                wrk(&endpoint, &script, connections, options.seconds).await?;
-            let after = pid.map(family_ticks);
-            let requests = rps * options.seconds as f64;
-            let cpu = match (before, after) {
-                (Some(b), Some(a)) if requests > 0.0 => {
-                    Some((a - b) as f64 / ticks_per_second * 1e6 / requests)
-                }
-                _ => None,
-            };
-            cells.push(Cell {
-                target,
-                connections,
-                stream,
-                rps,
-                p50_us: p50,
-                p99_us: p99,
-                cpu_us_per_request: cpu,
-                rss_mib: pid.map(|p| family_rss(p) as f64 / 1024.0),
-                errors,
-            });
+    let script = lua_script(dir, stream)?;
+    let endpoint = format!("{url}/v1/chat/completions");
+    // Warm-up: connections open, pools fill, caches warm.
+    wrk(&endpoint, &script, connections, 2).await?;
+    let before = pid.map(family_ticks);
+    let (rps, p50, p99, errors) = wrk(&endpoint, &script, connections, options.seconds).await?;
+    let after = pid.map(family_ticks);
+    let requests = rps * options.seconds as f64;
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) if requests > 0.0 => {
+            Some((a - b) as f64 / ticks_per_second * 1e6 / requests)
         }
-    }
-    Ok(cells)
+        _ => None,
+    };
+    Ok(Cell {
+        target,
+        connections,
+        stream,
+        rps,
+        p50_us: p50,
+        p99_us: p99,
+        cpu_us_per_request: cpu,
+        rss_mib: pid.map(|p| family_rss(p) as f64 / 1024.0),
+        errors,
+    })
 }
 
 fn find<'a>(cells: &'a [Cell], target: &str, connections: u32, stream: bool) -> Option<&'a Cell> {
@@ -458,22 +454,26 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
         .await
         .map_err(|e| format!("mock upstream: {e}"))?;
     let direct_url = format!("http://127.0.0.1:{upstream_port}");
-    let mut cells = measure("direct", &direct_url, None, &dir, &options).await?;
-    {
-        let nginx = start_nginx(&dir, upstream_port).await?;
-        let pid = nginx.child.id();
-        cells.extend(measure("nginx", &nginx.url, pid, &dir, &options).await?);
+    let nginx = start_nginx(&dir, upstream_port).await?;
+    let floor = start_hyper_floor(upstream_port).await?;
+    let gateway = start_switchyard(&dir, server, upstream_port, options.providers).await?;
+    let targets: [(&'static str, &str, Option<u32>); 4] = [
+        ("direct", &direct_url, None),
+        ("nginx", &nginx.url, nginx.child.id()),
+        ("hyper", &floor.url, floor.child.id()),
+        ("switchyard", &gateway.url, gateway.child.id()),
+    ];
+    // Each cell runs on every target back to back, so the ratios compare
+    // runs seconds apart: this machine's speed drifts over minutes. The
+    // idle proxies wait on their sockets meanwhile and take no CPU.
+    let mut cells = Vec::new();
+    for shape in [(false, 1), (false, 64), (true, 1), (true, 64)] {
+        for (target, url, pid) in targets {
+            cells.push(measure(target, url, pid, &dir, &options, shape).await?);
+        }
     }
-    {
-        let floor = start_hyper_floor(upstream_port).await?;
-        let pid = floor.child.id();
-        cells.extend(measure("hyper", &floor.url, pid, &dir, &options).await?);
-    }
-    {
-        let gateway = start_switchyard(&dir, server, upstream_port, options.providers).await?;
-        let pid = gateway.child.id();
-        cells.extend(measure("switchyard", &gateway.url, pid, &dir, &options).await?);
-    }
+    let order = |target: &str| targets.iter().position(|t| t.0 == target);
+    cells.sort_by_key(|c| (order(c.target), c.stream, c.connections));
     let mut out = String::new();
     let _ = writeln!(
         out,
