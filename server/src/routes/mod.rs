@@ -51,10 +51,16 @@ pub struct RequestMeta {
     pub region: Option<String>,
 }
 
+/// `x-request-id`, read from requests and set on every answer.
+static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
 impl RequestMeta {
     /// Reads the ids from `headers`, generating a request id when absent.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let text = |name: &str| {
+        // Static names: a `&str` name is parsed and validated on every lookup.
+        static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+        static REGION: HeaderName = HeaderName::from_static(REGION_HEADER);
+        let text = |name: &HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -65,9 +71,9 @@ impl RequestMeta {
                 .map(str::to_owned)
         };
         Self {
-            request_id: text("x-request-id").unwrap_or_else(new_request_id),
-            traceparent: text("traceparent"),
-            region: text(REGION_HEADER),
+            request_id: text(&REQUEST_ID_HEADER).unwrap_or_else(new_request_id),
+            traceparent: text(&TRACEPARENT),
+            region: text(&REGION),
         }
     }
 }
@@ -329,7 +335,7 @@ pub fn with_request_id(mut response: Response, meta: &RequestMeta) -> Response {
     if let Ok(value) = HeaderValue::from_str(&meta.request_id) {
         response
             .headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), value);
+            .insert(REQUEST_ID_HEADER.clone(), value);
     }
     response
 }
@@ -464,20 +470,22 @@ pub fn respond<T: Answer>(
 
 /// `x-switchyard-provider`, `-model` and `-attempts` of a success.
 pub fn success_headers(response: &mut Response, answered: &Answered) {
+    // Built once: `from_static` outside a const context validates the
+    // name on every call.
+    static PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+    static MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
+    static ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
     let headers = response.headers_mut();
     let pairs = [
-        ("x-switchyard-provider", answered.provider_id.as_str()),
-        ("x-switchyard-model", answered.model.as_str()),
+        (&PROVIDER, answered.provider_id.as_str()),
+        (&MODEL, answered.model.as_str()),
     ];
     for (name, value) in pairs {
         if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name.clone(), value);
         }
     }
-    headers.insert(
-        HeaderName::from_static("x-switchyard-attempts"),
-        HeaderValue::from(answered.attempts),
-    );
+    headers.insert(ATTEMPTS.clone(), HeaderValue::from(answered.attempts));
 }
 
 /// Time spent inside upstream calls during one request (for the overhead metric).
