@@ -19,7 +19,6 @@ use std::task::{Context, Poll, ready};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -41,10 +40,9 @@ use crate::sse::{self, UntilFirstItem};
 /// The handler.
 pub async fn handle(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    meta: RequestMeta,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let meta = RequestMeta::from_headers(&headers);
     let span = request_span("chat.completions", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)

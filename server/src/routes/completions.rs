@@ -3,7 +3,6 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use switchyard_core::{CompletionRequest, RequestType};
 use tracing::Instrument;
@@ -18,10 +17,9 @@ use crate::error::ApiError;
 /// The handler.
 pub async fn handle(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    meta: RequestMeta,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let meta = RequestMeta::from_headers(&headers);
     let span = request_span("completions", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)

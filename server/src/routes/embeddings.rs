@@ -3,7 +3,6 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use switchyard_core::{EmbeddingsRequest, RequestType};
 use tracing::Instrument;
@@ -17,10 +16,9 @@ use crate::app::AppState;
 /// The handler.
 pub async fn handle(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    meta: RequestMeta,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let meta = RequestMeta::from_headers(&headers);
     let span = request_span("embeddings", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)

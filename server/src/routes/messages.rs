@@ -27,7 +27,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -54,10 +53,9 @@ use crate::sse;
 /// The handler.
 pub async fn handle(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    meta: RequestMeta,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let meta = RequestMeta::from_headers(&headers);
     let span = request_span("messages", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)

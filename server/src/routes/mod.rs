@@ -51,6 +51,19 @@ pub struct RequestMeta {
     pub region: Option<String>,
 }
 
+/// Extracted from the request's headers in place: taking a `HeaderMap`
+/// instead would copy every header of every request.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_headers(&parts.headers))
+    }
+}
+
 /// `x-request-id`, read from requests and set on every answer.
 static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
