@@ -180,6 +180,13 @@ fn backoff(retry: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }
 
+/// The deployment of the previous attempt (shared, not copied names),
+/// to tell a provider switch from a retry on the same one.
+struct Previous {
+    deployment: Arc<Deployment>,
+    requested_model: Option<Arc<str>>,
+}
+
 impl ProviderManager {
     /// Runs `op` against the best deployment, failing over as SPEC §5 says.
     pub async fn execute_with_failover<T, F, Fut>(
@@ -437,10 +444,10 @@ impl ProviderManager {
         inner.budget.deposit(inner.clock.now_ms());
         inner.counters.request();
 
-        let mut queue: VecDeque<(String, bool)> = VecDeque::new();
-        queue.push_back((options.model.clone(), false));
-        queue.extend(route.fallbacks.iter().map(|m| (m.clone(), true)));
-        let mut visited: Vec<String> = Vec::new();
+        let mut queue: VecDeque<(&str, bool)> = VecDeque::new();
+        queue.push_back((&options.model, false));
+        queue.extend(route.fallbacks.iter().map(|m| (m.as_str(), true)));
+        let mut visited: Vec<&str> = Vec::new();
         let mut excluded: Vec<Arc<DeploymentState>> = extras.exclude;
         let require_prefill = extras
             .resume
@@ -448,7 +455,7 @@ impl ProviderManager {
             .is_some_and(|r| r.mode == ResumeMode::Prefill);
         let mut trail: Vec<AttemptRecord> = Vec::new();
         let mut last_error: Option<ProviderError> = None;
-        let mut previous: Option<(String, String)> = None;
+        let mut previous: Option<Previous> = None;
         let mut attempt_no = 0u32;
         let mut budget_spent = false;
         let mut queued = None;
@@ -457,7 +464,7 @@ impl ProviderManager {
             if visited.contains(&model) {
                 continue;
             }
-            visited.push(model.clone());
+            visited.push(model);
             let mut on_model = 0u32;
             let mut retried: Vec<Arc<DeploymentState>> = Vec::new();
             let mut retry_same: Option<ProviderHandle> = None;
@@ -469,7 +476,7 @@ impl ProviderManager {
                     Some(handle) => handle,
                     None => {
                         let request = SelectRequest {
-                            model: &model,
+                            model,
                             request_type: options.request_type,
                             region: options.region.as_deref(),
                             estimated_input_tokens: options.estimated_input_tokens,
@@ -630,7 +637,7 @@ impl ProviderManager {
                 if error.category() == Some(UpstreamCategory::ContextLength) {
                     excluded.push(state);
                     for fallback in route.context_window_fallbacks.iter().rev() {
-                        queue.push_front((fallback.clone(), true));
+                        queue.push_front((fallback.as_str(), true));
                     }
                     last_error = Some(error);
                     continue 'models;
@@ -740,23 +747,33 @@ impl ProviderManager {
         ManagerError::DeadlineExceeded { trail }
     }
 
-    fn note_switch(&self, previous: &mut Option<(String, String)>, handle: &ProviderHandle) {
-        if let Some((provider, model)) = previous.take() {
-            if provider != handle.provider_id() || model != handle.model() {
+    fn note_switch(&self, previous: &mut Option<Previous>, handle: &ProviderHandle) {
+        if let Some(Previous {
+            deployment,
+            requested_model,
+        }) = previous.take()
+        {
+            let model = requested_model
+                .as_deref()
+                .unwrap_or_else(|| deployment.model());
+            if deployment.provider_id() != handle.provider_id() || model != handle.model() {
                 self.inner.counters.switch();
                 if self.inner.options.enable_metrics {
                     metrics::counter!("switchyard_provider_switches_total").increment(1);
                 }
                 self.inner.emit(EventKind::ProviderSwitch {
-                    from_provider: provider,
-                    from_model: model,
+                    from_provider: deployment.provider_id().to_owned(),
+                    from_model: model.to_owned(),
                     to_provider: handle.provider_id().to_owned(),
                     to_model: handle.model().to_owned(),
                     reason: "failover".to_owned(),
                 });
             }
         }
-        *previous = Some((handle.provider_id().to_owned(), handle.model().to_owned()));
+        *previous = Some(Previous {
+            deployment: Arc::clone(handle.deployment()),
+            requested_model: handle.requested_model().cloned(),
+        });
     }
 
     fn note_failure(

@@ -110,6 +110,11 @@ impl ProviderHandle {
         self.deployment.provider_id()
     }
 
+    /// The requested name, for a wildcard deployment.
+    pub(crate) fn requested_model(&self) -> Option<&Arc<str>> {
+        self.requested_model.as_ref()
+    }
+
     /// The client-facing model this handle serves (the requested name for
     /// a wildcard deployment).
     pub fn model(&self) -> &str {
