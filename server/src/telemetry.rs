@@ -311,13 +311,16 @@ pub struct Labels;
 impl Labels {
     /// `model` as a label: itself when `configured` says it is a
     /// configured name, else `other`.
-    pub fn model(model: &str, configured: impl FnOnce(&str) -> bool) -> String {
+    pub fn model(model: &str, configured: impl FnOnce(&str) -> bool) -> &str {
         if configured(model) {
-            model.to_owned()
+            model
         } else {
-            "other".to_owned()
+            Self::OTHER_MODEL
         }
     }
+
+    /// The model label of requests for models that are not configured.
+    pub const OTHER_MODEL: &'static str = "other";
 }
 
 /// The labelled series one finished request updates.

@@ -565,8 +565,9 @@ impl Recorder {
     pub fn start(state: &AppState, endpoint: &'static str, meta: &RequestMeta) -> Self {
         Self {
             state: state.clone(),
-            model: "other".to_owned(),
-            provider: "none".to_owned(),
+            // Room for the usual names, so setting them reuses these buffers.
+            model: label_buffer(Labels::OTHER_MODEL),
+            provider: label_buffer("none"),
             started: Instant::now(),
             upstream: UpstreamTimer::default(),
             first_token: None,
@@ -587,7 +588,8 @@ impl Recorder {
 
     /// The requested (later: answering) model, as a bounded label.
     pub fn set_model(&mut self, model: &str) {
-        self.model = Labels::model(model, |m| self.state.manager.serves_model(m));
+        // Into the existing buffer: a label per request without a new string.
+        Labels::model(model, |m| self.state.manager.serves_model(m)).clone_into(&mut self.model);
     }
 
     /// The provider and model that answered.
@@ -681,6 +683,13 @@ impl Drop for Recorder {
 pub fn fail(recorder: Recorder, error: ApiError) -> Response {
     recorder.finish(error.status.as_str());
     error.into_response()
+}
+
+/// A metric label's string, with room to be overwritten by a longer name.
+fn label_buffer(initial: &str) -> String {
+    let mut label = String::with_capacity(initial.len().max(48));
+    label.push_str(initial);
+    label
 }
 
 #[cfg(test)]
