@@ -155,6 +155,15 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether every [`ChatStream`] this adapter returns already applies
+    /// [`TimedStream`](crate::stream::TimedStream)'s rules (first-token,
+    /// idle and deadline limits from the call's context, and the
+    /// completeness rule). The manager then does not wrap it a second
+    /// time, which would re-arm a second timer on every chunk.
+    fn times_streams(&self) -> bool {
+        false
+    }
+
     /// A non-streaming chat completion whose request and answer are
     /// OpenAI-format JSON bytes: `body` is a valid chat request (no
     /// `stream`, no `stream_options`) whose `model` is already the

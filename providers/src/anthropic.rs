@@ -1615,6 +1615,12 @@ impl Provider for AnthropicProvider {
         }
     }
 
+    fn times_streams(&self) -> bool {
+        // `chat_stream` (the default `chat_stream_json` goes through it)
+        // wraps the translated chunks in `TimedStream`.
+        true
+    }
+
     async fn chat(
         &self,
         mut request: ChatRequest,

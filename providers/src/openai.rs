@@ -342,6 +342,12 @@ impl Provider for OpenAiProvider {
             .await
     }
 
+    fn times_streams(&self) -> bool {
+        // `chat_stream_json` (which `chat_stream` goes through) wraps the
+        // chunks in `TimedStream` with the first-token clock already running.
+        true
+    }
+
     fn forwards_openai_json(&self) -> bool {
         true
     }

@@ -477,6 +477,22 @@ async fn translated_stream_outcomes() {
     assert!(matches!(error, Some(ProviderError::StreamCut { .. })));
     let (_, error) = run("stop-without-delta").await;
     assert!(matches!(error, Some(ProviderError::StreamCut { .. })));
+    // The manager does not time these streams again (`times_streams`):
+    // the adapter's own limits must hold.
+    assert!(at(&server, "stall").times_streams());
+    let stalled = collect(
+        at(&server, "stall")
+            .chat_stream(request(), &short_ctx())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        stalled.1,
+        Some(ProviderError::Timeout {
+            phase: TimeoutPhase::StreamIdle
+        })
+    );
     let (chunks, error) = run("no-stop").await;
     assert_eq!(error, None, "complete once stop_reason came");
     assert!(chunks.last().unwrap().usage.is_some());

@@ -608,6 +608,9 @@ async fn a_malformed_event_is_skipped_and_counted() {
 #[tokio::test]
 async fn timeouts_have_their_own_phases() {
     let (server, _) = setup().await;
+    // The manager does not time these streams again (`times_streams`):
+    // the limits below are the adapter's own.
+    assert!(at(&server, "stall").times_streams());
     let started = tokio::time::Instant::now();
     let (chunks, error) = collect(
         at(&server, "slow-first-token")

@@ -342,6 +342,7 @@ impl ProviderManager {
                 let ctx = attempt.ctx.clone();
                 let deployment = Arc::clone(&attempt.deployment);
                 let guard = handle.begin();
+                let timed_by_adapter = handle.provider().times_streams();
                 let call = (op.lock())(attempt);
                 async move {
                     let opened = bounded(&ctx, ctx.first_token_timeout, call)
@@ -361,8 +362,12 @@ impl ProviderManager {
                             return Err(error);
                         }
                     };
-                    let mut stream: ChatStream =
-                        Box::pin(GuardedStream::new(TimedStream::boxed(stream, &ctx), guard));
+                    let stream = if timed_by_adapter {
+                        stream
+                    } else {
+                        TimedStream::boxed(stream, &ctx)
+                    };
+                    let mut stream: ChatStream = Box::pin(GuardedStream::new(stream, guard));
                     let mut prefix = Vec::new();
                     loop {
                         match stream.next().await {

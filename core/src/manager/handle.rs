@@ -271,10 +271,14 @@ impl ProviderHandle {
         .await
         .map_err(first_byte);
         match opened {
-            Ok(stream) => Ok(Box::pin(GuardedStream::new(
-                TimedStream::boxed(stream, ctx),
-                guard,
-            ))),
+            Ok(stream) => {
+                let stream = if self.provider().times_streams() {
+                    stream
+                } else {
+                    TimedStream::boxed(stream, ctx)
+                };
+                Ok(Box::pin(GuardedStream::new(stream, guard)))
+            }
             Err(error) => {
                 guard.fail(&error);
                 Err(error)
