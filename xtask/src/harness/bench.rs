@@ -9,7 +9,10 @@
 //! the four back to back, so ratios compare runs seconds apart. The targets are
 //! judged against nginx; the hyper row shows how much of the gap is the
 //! HTTP stack itself. The proxy under test is
-//! pinned to CPU 0, wrk and the mock to CPU 1 (when `taskset` exists).
+//! pinned to CPU 0 and wrk to CPU 1 (when `taskset` exists); the mock
+//! upstream runs inside this harness process, left to the scheduler
+//! (pinning it beside wrk made the direct run a same-core loop, and every
+//! proxy's added p50 mostly cross-core wake-ups).
 //! Reported: requests/s, p50/p99 as wrk measures them (raw, not corrected
 //! for coordinated omission), p50 added over direct, the proxy's CPU time
 //! per request (from `/proc/PID/stat`) and its peak RSS (`VmHWM`).
