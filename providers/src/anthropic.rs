@@ -1054,9 +1054,6 @@ struct AnthropicChunkReader {
     chunks: u64,
     usage_sent: bool,
     done: bool,
-    /// After a complete `message_stop`: the rest of the body is being
-    /// read (briefly) so the connection can be reused.
-    draining: bool,
 }
 
 impl AnthropicChunkReader {
@@ -1095,8 +1092,8 @@ impl AnthropicChunkReader {
                 return self.end();
             }
             self.usage_sent = true;
-            self.done = true;
-            self.draining = true;
+            // The end of input that follows is the end of the stream.
+            self.events.end_after_drain(DRAIN_LIMIT);
         }
         self.pending.extend(self.translator.on_event(&name, &data));
         None
@@ -1112,10 +1109,6 @@ impl Stream for AnthropicChunkReader {
             if let Some(chunk) = this.pending.pop_front() {
                 this.chunks += 1;
                 return Poll::Ready(Some(Ok(chunk)));
-            }
-            if this.draining {
-                ready!(this.events.poll_drain(cx, DRAIN_LIMIT));
-                this.draining = false;
             }
             if this.done {
                 return Poll::Ready(None);
@@ -1381,9 +1374,6 @@ struct RawReader {
     chunks: u64,
     finished: bool,
     done: bool,
-    /// After a complete `message_stop`: the rest of the body is being
-    /// read (briefly) so the connection can be reused.
-    draining: bool,
 }
 
 impl RawReader {
@@ -1396,7 +1386,6 @@ impl RawReader {
             chunks: 0,
             finished: false,
             done: false,
-            draining: false,
         }
     }
 
@@ -1427,10 +1416,8 @@ impl RawReader {
                 self.timer.finished();
             }
             "message_stop" if !self.finished => return self.cut(),
-            "message_stop" => {
-                self.done = true;
-                self.draining = true;
-            }
+            // The end of input that follows is the end of the stream.
+            "message_stop" => self.events.end_after_drain(DRAIN_LIMIT),
             _ => {}
         }
         self.timer.event();
@@ -1448,14 +1435,12 @@ impl Stream for RawReader {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.draining {
-                ready!(this.events.poll_drain(cx, DRAIN_LIMIT));
-                this.draining = false;
-            }
             if this.done {
                 return Poll::Ready(None);
             }
             let event = match this.events.poll_next_event(cx) {
+                // After `message_stop` only the drain's own limit applies.
+                Poll::Pending if this.events.is_draining() => return Poll::Pending,
                 Poll::Pending => {
                     let expired = ready!(this.timer.poll_expired(cx));
                     this.done = true;
@@ -1653,7 +1638,6 @@ impl Provider for AnthropicProvider {
             chunks: 0,
             usage_sent: false,
             done: false,
-            draining: false,
         });
         Ok(TimedStream::boxed(stream, &timed))
     }

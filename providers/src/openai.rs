@@ -158,12 +158,10 @@ struct ChunkReader {
     chunks: u64,
     finished: bool,
     done: bool,
-    /// After `[DONE]`: the rest of the body is being read (briefly).
-    draining: bool,
 }
 
 impl ChunkReader {
-    /// What a stream that saw `[DONE]` ends with.
+    /// What a stream ends with once its input has (after `[DONE]` or not).
     fn after_done(&self) -> Option<Result<ChatChunk, ProviderError>> {
         (!self.finished).then_some(Err(ProviderError::StreamCut {
             chunks: self.chunks,
@@ -217,11 +215,6 @@ impl Stream for ChunkReader {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.draining {
-                ready!(this.events.poll_drain(cx, DRAIN_LIMIT));
-                this.draining = false;
-                return Poll::Ready(this.after_done());
-            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -240,8 +233,8 @@ impl Stream for ChunkReader {
                 }
             };
             if is_done(&event) {
-                this.done = true;
-                this.draining = true;
+                // The end of input that follows is the end of the stream.
+                this.events.end_after_drain(DRAIN_LIMIT);
                 continue;
             }
             if let Some(item) = this.read(event) {
@@ -263,7 +256,6 @@ pub(crate) fn chunk_stream(
         chunks: 0,
         finished: false,
         done: false,
-        draining: false,
     })
 }
 

@@ -222,6 +222,9 @@ pub struct EventSource<S> {
     queue: VecDeque<SseEvent>,
     scratch: Vec<SseEvent>,
     ended: bool,
+    /// Set by [`EventSource::end_after_drain`]: how long to wait for the
+    /// rest of the input before ending.
+    drain_limit: Option<Duration>,
     /// While draining: when to stop waiting for the input to end.
     drain_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -249,8 +252,25 @@ where
             queue: VecDeque::with_capacity(16),
             scratch: Vec::with_capacity(16),
             ended: false,
+            drain_limit: None,
             drain_timer: None,
         }
+    }
+
+    /// The protocol's terminator was read: from now on
+    /// [`poll_next_event`](Self::poll_next_event) reads and discards the
+    /// rest of the input for at most `limit`, then ends. The body usually
+    /// ends at once, and reading that end lets the connection go back to
+    /// the pool. The `limit` counts from the first time input is not
+    /// ready, so a body that has already ended sets no timer.
+    pub fn end_after_drain(&mut self, limit: Duration) {
+        self.drain_limit = Some(limit);
+    }
+
+    /// Whether the source is discarding input after a terminator (see
+    /// [`end_after_drain`](Self::end_after_drain)).
+    pub fn is_draining(&self) -> bool {
+        self.drain_limit.is_some()
     }
 
     /// The next event; `None` at the end of input.
@@ -263,6 +283,11 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<SseEvent, SourceError<E>>>> {
+        if let Some(limit) = self.drain_limit {
+            ready!(self.poll_drain(cx, limit));
+            self.drain_limit = None;
+            return Poll::Ready(None);
+        }
         loop {
             if let Some(event) = self.queue.pop_front() {
                 return Poll::Ready(Some(Ok(event)));
@@ -295,12 +320,8 @@ where
         }
     }
 
-    /// Reads and discards the rest of the input for at most `limit`: after
-    /// a protocol terminator the body usually ends at once, and reading
-    /// that end lets the connection go back to the pool. The `limit` is
-    /// counted from the first time input is not ready, so a body that has
-    /// already ended sets no timer.
-    pub fn poll_drain(&mut self, cx: &mut Context<'_>, limit: Duration) -> Poll<()> {
+    /// Reads and discards the rest of the input for at most `limit`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, limit: Duration) -> Poll<()> {
         while !self.ended {
             match self.inner.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(_))) => {}
@@ -393,5 +414,42 @@ mod tests {
             Some(Err(SourceError::Transport("reset")))
         ));
         assert!(source.next_event().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_terminator_the_rest_is_discarded_within_the_limit() {
+        // The body ends soon after: read to its end, nothing more handed out.
+        let parts: Vec<Result<Bytes, &str>> = vec![
+            Ok(Bytes::from_static(
+                b"data: 1\n\ndata: [DONE]\n\ndata: late\n\n",
+            )),
+            Ok(Bytes::from_static(b"data: later\n\n")),
+        ];
+        let mut source = EventSource::new(futures_util::stream::iter(parts));
+        assert_eq!(source.next_event().await.unwrap().unwrap(), ev(None, "1"));
+        assert_eq!(
+            source.next_event().await.unwrap().unwrap(),
+            ev(None, "[DONE]")
+        );
+        source.end_after_drain(Duration::from_millis(200));
+        assert!(source.is_draining());
+        assert!(source.next_event().await.is_none());
+        assert!(!source.is_draining());
+        assert!(source.next_event().await.is_none());
+
+        // The body never ends: the source gives up after the limit.
+        let open = futures_util::stream::iter(vec![Ok::<_, &str>(Bytes::from_static(
+            b"data: [DONE]\n\n",
+        ))])
+        .chain(futures_util::stream::pending());
+        let mut source = EventSource::new(Box::pin(open));
+        assert_eq!(
+            source.next_event().await.unwrap().unwrap(),
+            ev(None, "[DONE]")
+        );
+        source.end_after_drain(Duration::from_millis(200));
+        let started = tokio::time::Instant::now();
+        assert!(source.next_event().await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
     }
 }
