@@ -54,6 +54,9 @@ pub mod stream;
 pub mod testing;
 pub mod types;
 
+/// UTF-8 text in a shared `Bytes` buffer: stream event data kept as a
+/// slice of the read it arrived in, not copied.
+pub use bytestring::ByteString;
 pub use config::{
     GatewayConfig, HealthCheckMode, ManagerOptions, MockConfig, ModelConfig, ProviderConfig,
     RouteConfig, Secret, StreamResume,

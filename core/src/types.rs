@@ -7,6 +7,7 @@
 use std::fmt;
 use std::pin::Pin;
 
+use bytestring::ByteString;
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -688,7 +689,7 @@ pub struct RawEvent {
     /// The `event:` field, if any.
     pub event: Option<String>,
     /// The `data:` payload (multi-line data joined with `\n`).
-    pub data: String,
+    pub data: ByteString,
 }
 
 /// A stream of raw events. Like [`ChatStream`], it ends (`None`) only after

@@ -36,7 +36,7 @@ struct NativeProvider {
 fn event(name: &str) -> RawEvent {
     RawEvent {
         event: Some(name.to_owned()),
-        data: format!("{{\"type\":\"{name}\"}}"),
+        data: format!("{{\"type\":\"{name}\"}}").into(),
     }
 }
 

@@ -1155,7 +1155,7 @@ pub struct ChunksToAnthropic {
 fn raw(name: &str, data: Value) -> RawEvent {
     RawEvent {
         event: Some(name.to_owned()),
-        data: data.to_string(),
+        data: data.to_string().into(),
     }
 }
 

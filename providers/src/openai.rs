@@ -178,7 +178,7 @@ impl ChunkReader {
                     self.count(&chunk);
                     // The data itself goes along: unchanged chunks are
                     // written out as these bytes, not serialised again.
-                    chunk.source = ChunkSource::new(event.data.into_bytes().into());
+                    chunk.source = ChunkSource::new(event.data.into_bytes());
                     return Some(Ok(chunk));
                 }
             }

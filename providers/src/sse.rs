@@ -14,6 +14,8 @@
 //!
 //! Bytes are decoded per complete line, so a multi-byte character split
 //! across reads is never mangled; invalid UTF-8 is replaced, never a panic.
+//! An event whose one `data:` line arrived within one read (nearly every
+//! LLM chunk) shares that read's buffer: its data is not copied.
 //! [`EventSource`] drives the parser over any byte stream.
 
 use std::collections::VecDeque;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
+use switchyard_core::ByteString;
 
 /// The longest line or event the parser buffers before giving up on the
 /// stream (a protocol error, never unbounded memory).
@@ -38,7 +41,7 @@ pub struct SseEvent {
     /// The `event:` field, if one was set.
     pub event: Option<String>,
     /// The `data:` lines joined with `\n`.
-    pub data: String,
+    pub data: ByteString,
 }
 
 /// An incremental SSE parser: feed it bytes as they arrive.
@@ -48,6 +51,11 @@ pub struct SseParser {
     pending_cr: bool,
     started: bool,
     head: Vec<u8>,
+    /// The event's only `data:` line so far, when it could be shared with
+    /// the read it came in.
+    shared_data: Option<ByteString>,
+    /// The event's data when it had to be copied (several lines, a line
+    /// split across reads, invalid UTF-8).
     data: String,
     has_data: bool,
     event: Option<String>,
@@ -61,9 +69,16 @@ impl SseParser {
     }
 
     /// Feeds `bytes`, appending every event they complete to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+    pub fn push(&mut self, bytes: &Bytes, out: &mut Vec<SseEvent>) {
         if self.started {
             self.feed(bytes, out);
+            return;
+        }
+        if self.head.is_empty() && !(bytes.len() < BOM.len() && BOM.starts_with(bytes)) {
+            // The first read settles the BOM question by itself.
+            self.started = true;
+            let skip = if bytes.starts_with(BOM) { BOM.len() } else { 0 };
+            self.feed(&bytes.slice(skip..), out);
             return;
         }
         // Hold the first bytes until it is clear whether they are a BOM,
@@ -77,11 +92,15 @@ impl SseParser {
 
     fn start(&mut self, out: &mut Vec<SseEvent>) {
         self.started = true;
-        let head = std::mem::take(&mut self.head);
-        self.feed(head.strip_prefix(BOM).unwrap_or(&head), out);
+        let mut head = Bytes::from(std::mem::take(&mut self.head));
+        if head.starts_with(BOM) {
+            let _ = head.split_to(BOM.len());
+        }
+        self.feed(&head, out);
     }
 
-    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+    fn feed(&mut self, source: &Bytes, out: &mut Vec<SseEvent>) {
+        let mut bytes: &[u8] = source;
         while !bytes.is_empty() {
             if self.pending_cr {
                 self.pending_cr = false;
@@ -97,7 +116,7 @@ impl SseParser {
                     bytes = rest.get(1..).unwrap_or_default();
                     if self.line.is_empty() {
                         // The whole line is in this read: no copy.
-                        self.process_line(content, out);
+                        self.process_line(content, Some(source), out);
                     } else {
                         self.line.extend_from_slice(content);
                         self.end_line(out);
@@ -132,12 +151,13 @@ impl SseParser {
     fn end_line(&mut self, out: &mut Vec<SseEvent>) {
         // The buffer goes back (emptied) afterwards, keeping its capacity.
         let mut line = std::mem::take(&mut self.line);
-        self.process_line(&line, out);
+        self.process_line(&line, None, out);
         line.clear();
         self.line = line;
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+    /// `source` is the read `line` lies in, when it lies in one.
+    fn process_line(&mut self, line: &[u8], source: Option<&Bytes>, out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             self.dispatch(out);
             return;
@@ -155,12 +175,23 @@ impl SseParser {
         };
         match field {
             b"data" => {
-                if self.has_data {
+                self.event_bytes += value.len() + 1;
+                if !self.has_data {
+                    self.has_data = true;
+                    let shared = source
+                        .and_then(|source| ByteString::try_from(source.slice_ref(value)).ok());
+                    if shared.is_some() {
+                        self.shared_data = shared;
+                        return;
+                    }
+                } else {
+                    // A second line: the first one joins the copy.
+                    if let Some(first) = self.shared_data.take() {
+                        self.data.push_str(&first);
+                    }
                     self.data.push('\n');
                 }
-                self.has_data = true;
                 push_lossy(&mut self.data, value);
-                self.event_bytes += value.len() + 1;
             }
             b"event" => {
                 let mut name = String::new();
@@ -180,9 +211,13 @@ impl SseParser {
             return;
         }
         self.has_data = false;
+        let data = match self.shared_data.take() {
+            Some(data) => data,
+            None => ByteString::from(std::mem::take(&mut self.data)),
+        };
         out.push(SseEvent {
             event: event.filter(|e| !e.is_empty()),
-            data: std::mem::take(&mut self.data),
+            data,
         });
     }
 }
@@ -201,7 +236,7 @@ fn push_lossy(out: &mut String, bytes: &[u8]) {
 pub fn parse_all(bytes: &[u8]) -> Vec<SseEvent> {
     let mut parser = SseParser::new();
     let mut out = Vec::new();
-    parser.push(bytes, &mut out);
+    parser.push(&Bytes::copy_from_slice(bytes), &mut out);
     parser.finish(&mut out);
     out
 }
@@ -350,7 +385,7 @@ mod tests {
     fn ev(event: Option<&str>, data: &str) -> SseEvent {
         SseEvent {
             event: event.map(str::to_owned),
-            data: data.to_owned(),
+            data: data.into(),
         }
     }
 
@@ -370,13 +405,36 @@ mod tests {
     }
 
     #[test]
+    fn one_line_data_shares_the_read_and_other_data_is_copied() {
+        let read = Bytes::from_static(b"data: {\"a\":1}\n\ndata: x\ndata: y\n\ndata: split");
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        parser.push(&read, &mut out);
+        parser.push(&Bytes::from_static(b" line\n\n"), &mut out);
+        assert_eq!(
+            out,
+            vec![
+                ev(None, "{\"a\":1}"),
+                ev(None, "x\ny"),
+                ev(None, "split line")
+            ]
+        );
+        let inside = |data: &ByteString| {
+            let range = read.as_ptr_range();
+            range.contains(&data.as_bytes().as_ptr())
+        };
+        assert!(inside(&out[0].data), "a one-line event was copied");
+        assert!(!inside(&out[1].data) && !inside(&out[2].data));
+    }
+
+    #[test]
     fn a_crlf_split_across_reads_is_one_line_break() {
         let mut parser = SseParser::new();
         let mut out = Vec::new();
-        parser.push(b"data: a\r", &mut out);
-        parser.push(b"\ndata: b\r", &mut out);
-        parser.push(b"\n\r", &mut out);
-        parser.push(b"\n", &mut out);
+        parser.push(&Bytes::from_static(b"data: a\r"), &mut out);
+        parser.push(&Bytes::from_static(b"\ndata: b\r"), &mut out);
+        parser.push(&Bytes::from_static(b"\n\r"), &mut out);
+        parser.push(&Bytes::from_static(b"\n"), &mut out);
         assert_eq!(out, vec![ev(None, "a\nb")]);
     }
 
@@ -386,7 +444,10 @@ mod tests {
         let mut parser = SseParser::new();
         let mut out = Vec::new();
         for byte in text {
-            parser.push(std::slice::from_ref(byte), &mut out);
+            parser.push(
+                &Bytes::copy_from_slice(std::slice::from_ref(byte)),
+                &mut out,
+            );
         }
         assert_eq!(out, vec![ev(None, "héllo ✓")]);
     }

@@ -542,14 +542,14 @@ mod tests {
     fn content_events() {
         let event = |name: &str| RawEvent {
             event: Some(name.to_owned()),
-            data: "{}".to_owned(),
+            data: "{}".into(),
         };
         assert!(!is_content_event(&event("message_start")));
         assert!(!is_content_event(&event("ping")));
         assert!(is_content_event(&event("content_block_delta")));
         let unnamed = RawEvent {
             event: None,
-            data: r#"{"type":"content_block_delta"}"#.to_owned(),
+            data: r#"{"type":"content_block_delta"}"#.into(),
         };
         assert!(is_content_event(&unnamed));
     }
