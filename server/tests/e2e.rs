@@ -783,21 +783,38 @@ async fn a_mid_list_provider_failing_before_first_content_is_invisible() {
     let first = openai_upstream("first").await;
     let second = openai_upstream("second").await;
     let third = openai_upstream("third").await;
+    // Each deployment priced differently: the stream is metered at the
+    // price of the one that answered.
+    let priced = |provider: String, per_mtok: u32| {
+        format!(
+            "{provider}input_cost_per_mtok = {per_mtok}\noutput_cost_per_mtok = {}\n",
+            2 * per_mtok
+        )
+    };
     let toml = format!(
         "{FAST_MANAGER}\n{}\n{}\n{}\n[routes.\"gpt-x\"]\nstrategy = \"priority\"\n",
-        openai_provider(
-            "p0",
-            &first.base_url(),
-            &[("gpt-x", "status-503")],
-            "priority = 0"
+        priced(
+            openai_provider(
+                "p0",
+                &first.base_url(),
+                &[("gpt-x", "status-503")],
+                "priority = 0"
+            ),
+            300_000_000
         ),
-        openai_provider(
-            "p1",
-            &second.base_url(),
-            &[("gpt-x", "cut-before-content")],
-            "priority = 1"
+        priced(
+            openai_provider(
+                "p1",
+                &second.base_url(),
+                &[("gpt-x", "cut-before-content")],
+                "priority = 1"
+            ),
+            200_000_000
         ),
-        openai_provider("p2", &third.base_url(), &[("gpt-x", "ok")], "priority = 2"),
+        priced(
+            openai_provider("p2", &third.base_url(), &[("gpt-x", "ok")], "priority = 2"),
+            1_000_000
+        ),
     );
     let gw = gateway(&toml).await;
     let http = client();
@@ -824,6 +841,19 @@ async fn a_mid_list_provider_failing_before_first_content_is_invisible() {
     assert_eq!(roles, 1, "{text}");
     assert_eq!(first.generations(), 1);
     assert_eq!(second.generations(), 1);
+    // 5 prompt tokens at $1 and 7 completion tokens at $2, p2's prices.
+    let lines = scrape(&gw).await;
+    let cost = |provider: &str| -> f64 {
+        let prefix =
+            format!("switchyard_cost_usd_total{{provider=\"{provider}\",model=\"gpt-x\"}} ");
+        let line = lines.iter().find(|l| l.starts_with(&prefix));
+        line.map_or(0.0, |l| l[prefix.len()..].parse().unwrap())
+    };
+    assert_eq!(
+        (cost("p0"), cost("p1"), cost("p2")),
+        (0.0, 0.0, 19.0),
+        "{lines:?}"
+    );
     gw.stop().await;
 }
 

@@ -13,7 +13,6 @@
 //! `data: {"error": {...}}` event and no `[DONE]`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Bytes;
@@ -22,9 +21,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use parking_lot::Mutex;
 use switchyard_core::{
-    ChatRequest, FailoverOptions, ManagedStream, Pricing, RawChatResponse, RequestType, json,
+    ChatRequest, FailoverOptions, ManagedStream, RawChatResponse, RequestType, json,
 };
 use tracing::Instrument;
 
@@ -163,9 +161,6 @@ async fn stream(
         None
     };
     let upstream = recorder.upstream();
-    // The pricing of the attempt that answered: the last one `op` saw.
-    let pricing = Arc::new(Mutex::new(Pricing::default()));
-    let slot = Arc::clone(&pricing);
     let outcome = state
         .manager
         .execute_stream_with_failover(options, move |mut attempt| {
@@ -196,7 +191,6 @@ async fn stream(
                     Outgoing::Typed(Box::new(request))
                 }
             };
-            *slot.lock() = attempt.deployment.pricing();
             let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
@@ -221,8 +215,8 @@ async fn stream(
         .await;
     match outcome {
         Ok(result) => {
+            let pricing = result.deployment.pricing();
             let (stream, answered) = Answered::split(result);
-            let pricing = *pricing.lock();
             recorder.answered_by(&answered.provider_id, &answered.model, pricing);
             recorder.first_token();
             let events = ChatEvents {
