@@ -20,7 +20,9 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http::header::{
+    AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 use http::{Method, Uri};
 use switchyard_core::config::REDACTED;
 use switchyard_core::{
@@ -91,6 +93,23 @@ impl fmt::Debug for Upstream {
             .field("api_key", &self.secret.as_ref().map(|_| REDACTED))
             .finish()
     }
+}
+
+/// The `Host` header of a plain-HTTP base URL, made once per provider:
+/// hyper's client would otherwise format `host:port` into a new string on
+/// every HTTP/1 request. Only for `http://`: over TLS the connection may
+/// negotiate HTTP/2, which carries the authority as `:authority`, and
+/// there hyper sends no `Host` at all.
+fn plain_http_host(url: &url::Url) -> Option<HeaderValue> {
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = url.host_str()?;
+    let value = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Endpoints whose URLs are parsed once per provider.
@@ -177,8 +196,11 @@ impl Upstream {
         headers
             .entry(USER_AGENT)
             .or_insert(HeaderValue::from_static(SWITCHYARD_USER_AGENT));
-        url::Url::parse(base_url)
+        let url = url::Url::parse(base_url)
             .map_err(|e| ConfigError::single("base_url", format!("'{base_url}': {e}")))?;
+        if let Some(host) = plain_http_host(&url) {
+            headers.entry(HOST).or_insert(host);
+        }
         let trimmed = base_url.trim_end_matches('/');
         let endpoints = KNOWN_PATHS
             .iter()
@@ -567,6 +589,28 @@ pub fn parse_reset(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_base_urls_get_their_host_header_made_once() {
+        let host = |url: &str| {
+            plain_http_host(&url::Url::parse(url).unwrap()).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(host("http://[::1]:9/v1").as_deref(), Some("[::1]:9"));
+        assert_eq!(
+            host("http://llm.internal/v1").as_deref(),
+            Some("llm.internal")
+        );
+        assert_eq!(
+            host("http://llm.internal:80/v1").as_deref(),
+            Some("llm.internal")
+        );
+        // TLS may negotiate HTTP/2, which carries `:authority` instead.
+        assert_eq!(host("https://api.openai.com/v1"), None);
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -461,6 +461,10 @@ async fn non_stream_chat_forwards_every_field_and_the_right_headers() {
     let headers = seen.last_headers();
     assert_eq!(headers["authorization"], format!("Bearer {KEY}"));
     assert_eq!(headers["openai-organization"], "org-test");
+    // One Host, naming the upstream's own authority.
+    let authority = server.url("").trim_start_matches("http://").to_owned();
+    let hosts: Vec<_> = headers.get_all("host").iter().collect();
+    assert_eq!(hosts, [authority.as_str()]);
     assert_eq!(headers["x-request-id"], "req-123");
     assert!(
         headers["traceparent"]
