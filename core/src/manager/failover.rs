@@ -10,6 +10,7 @@
 //! 429 → the deployment cools down, and when nothing else of the model can
 //! serve we wait for the cooldown if it ends within `retry_after_cap`;
 //! anything else → switch. Every retry or switch draws on the retry budget.
+use crate::config::RouteConfig;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -237,7 +238,11 @@ impl ProviderManager {
             .open_stream(options.clone(), DriveExtras::default(), Arc::clone(&op))
             .await?;
         let mode = self
-            .route(&options.model)
+            .inner
+            .registry
+            .load()
+            .routes
+            .get(&options.model)
             .map(|r| r.stream_resume)
             .unwrap_or_default();
         let FailoverResult {
@@ -429,7 +434,18 @@ impl ProviderManager {
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         let inner = &self.inner;
-        let route = self.route(&options.model).unwrap_or_default();
+        // The route is borrowed from this request's snapshot of the
+        // registry: no copy of its config per request, and one consistent
+        // view even if an operator changes it meanwhile.
+        let registry = inner.registry.load_full();
+        let no_route;
+        let route = match registry.routes.get(&options.model) {
+            Some(route) => route,
+            None => {
+                no_route = RouteConfig::default();
+                &no_route
+            }
+        };
         let max_retries = options
             .max_retries
             .or(route.max_retries)
@@ -442,7 +458,7 @@ impl ProviderManager {
         let wait_cap = route
             .retry_after_cap
             .unwrap_or(inner.options.retry_after_cap);
-        let mut base_ctx = inner.call_context(Some(&route));
+        let mut base_ctx = inner.call_context(Some(route));
         base_ctx.deadline = Some(deadline);
         base_ctx.request_id = options.request_id.clone();
         base_ctx.traceparent = options.traceparent.clone();
