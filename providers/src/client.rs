@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use futures_util::TryStreamExt;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -120,14 +120,22 @@ impl UpstreamResponse {
         self.0.headers()
     }
 
-    /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, TransportError> {
-        self.0
-            .into_body()
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .map_err(TransportError::from)
+    /// The whole body. Nearly every answer arrives in one frame, which is
+    /// handed on as it is, without a queue of frames to gather first.
+    pub async fn bytes(mut self) -> Result<Bytes, TransportError> {
+        let Some(first) = self.chunk().await? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.chunk().await? else {
+            return Ok(first);
+        };
+        let mut whole = BytesMut::with_capacity(first.len() + second.len());
+        whole.extend_from_slice(&first);
+        whole.extend_from_slice(&second);
+        while let Some(more) = self.chunk().await? {
+            whole.extend_from_slice(&more);
+        }
+        Ok(whole.freeze())
     }
 
     /// The next chunk of the body, `None` at its end.

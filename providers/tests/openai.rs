@@ -162,6 +162,19 @@ fn error_body(message: &str, kind: Value, code: Value, param: Value) -> Value {
 fn respond(case: &str) -> Response {
     match case {
         "ok" => json_response(200, &completion_body(), &[("x-request-id", "req_1")]),
+        "ok-in-parts" => {
+            // The same answer, its body written in three separate frames.
+            let body = completion_body().to_string();
+            let (head, tail) = body.split_at(body.len() / 2);
+            let (middle, tail) = tail.split_at(tail.len() / 2);
+            sse(vec![
+                raw(head),
+                Part::Wait(Duration::from_millis(10)),
+                raw(middle),
+                Part::Wait(Duration::from_millis(10)),
+                raw(tail),
+            ])
+        }
         "stream" => sse(text_stream()),
         "tools" => sse(vec![
             chunk(
@@ -407,6 +420,25 @@ async fn setup() -> (TestServer, Arc<Seen>) {
 
 fn at(server: &TestServer, case: &str) -> Arc<dyn switchyard_core::Provider> {
     provider("openai", &server.url(&format!("/{case}/v1")), KEY)
+}
+
+#[tokio::test]
+async fn an_answer_whose_body_arrives_in_several_frames_is_read_whole() {
+    let (server, _seen) = setup().await;
+    let request: ChatRequest = serde_json::from_value(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    let whole = at(&server, "ok")
+        .chat(request.clone(), &ctx())
+        .await
+        .unwrap();
+    let in_parts = at(&server, "ok-in-parts")
+        .chat(request, &ctx())
+        .await
+        .unwrap();
+    assert_eq!(in_parts, whole);
+    assert_eq!(in_parts.id, "chatcmpl-abc123");
 }
 
 #[tokio::test]
