@@ -62,32 +62,66 @@ pub fn put_data(out: &mut BytesMut, data: &[u8]) {
 /// upstream read usually holds several events.
 pub const COALESCE_BYTES: usize = 16 * 1024;
 
-/// One body frame from an event source: `next` appends an event to the
-/// buffer (`Ready(true)`), reports the end (`Ready(false)`) or that nothing
-/// is ready. Every event ready now is taken, and nothing waits to be
-/// joined: a frame goes out as soon as no other event is ready.
-pub fn poll_frame(
-    cx: &mut Context<'_>,
-    mut next: impl FnMut(&mut Context<'_>, &mut BytesMut) -> Poll<bool>,
-) -> Poll<Option<Bytes>> {
-    let mut out = BytesMut::new();
-    let mut ended = false;
-    while out.len() < COALESCE_BYTES {
-        match next(cx, &mut out) {
-            Poll::Ready(true) => {}
-            Poll::Ready(false) => {
-                ended = true;
-                break;
-            }
-            Poll::Pending => break,
+/// The block frames are carved from: room for a few events, so appending
+/// them does not grow a buffer step by step.
+const FRAME_BLOCK_BYTES: usize = 2 * 1024;
+
+/// Below this much room left in the block, the next frame starts a new one.
+const FRAME_MIN_ROOM_BYTES: usize = 512;
+
+/// A source of SSE events that writes each one straight into a body frame.
+pub trait EventWriter {
+    /// Appends the next event to `out` (`Ready(true)`), reports the end
+    /// (`Ready(false)`) or that nothing is ready.
+    fn poll_event(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool>;
+}
+
+/// The body frames of an [`EventWriter`]. Every event ready now is taken
+/// into the frame, and nothing waits to be joined: a frame goes out as
+/// soon as no other event is ready. Frames are carved one after another
+/// from a block of memory rather than each allocated and grown; a new
+/// block reuses the old one when its frames have all been written.
+pub struct Frames<W> {
+    writer: W,
+    buffer: BytesMut,
+}
+
+impl<W> Frames<W> {
+    /// Frames of `writer`'s events.
+    pub fn new(writer: W) -> Self {
+        Self {
+            writer,
+            buffer: BytesMut::new(),
         }
     }
-    if !out.is_empty() {
-        Poll::Ready(Some(out.freeze()))
-    } else if ended {
-        Poll::Ready(None)
-    } else {
-        Poll::Pending
+}
+
+impl<W: EventWriter + Unpin> Stream for Frames<W> {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let Self { writer, buffer } = &mut *self;
+        if buffer.capacity() - buffer.len() < FRAME_MIN_ROOM_BYTES {
+            buffer.reserve(FRAME_BLOCK_BYTES);
+        }
+        let mut ended = false;
+        while buffer.len() < COALESCE_BYTES {
+            match writer.poll_event(cx, buffer) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !buffer.is_empty() {
+            Poll::Ready(Some(buffer.split().freeze()))
+        } else if ended {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -150,6 +184,51 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    /// Writes the events in `ready`, then is `Pending` until more are
+    /// added, and ends once `ended` is set and none are left.
+    struct Script {
+        ready: Vec<&'static str>,
+        ended: bool,
+    }
+
+    impl EventWriter for Script {
+        fn poll_event(&mut self, _: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool> {
+            if self.ready.is_empty() {
+                return if self.ended {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                };
+            }
+            put_data(out, self.ready.remove(0).as_bytes());
+            Poll::Ready(true)
+        }
+    }
+
+    #[test]
+    fn events_ready_together_leave_as_one_frame_carved_from_one_block() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut frames = Frames::new(Script {
+            ready: vec!["1", "2", "3"],
+            ended: false,
+        });
+        let Poll::Ready(Some(first)) = Pin::new(&mut frames).poll_next(&mut cx) else {
+            panic!("three ready events make a frame");
+        };
+        assert_eq!(&first[..], b"data: 1\n\ndata: 2\n\ndata: 3\n\n");
+        assert!(Pin::new(&mut frames).poll_next(&mut cx).is_pending());
+        // The next frame follows the first in the same block.
+        frames.writer.ready.push("4");
+        frames.writer.ended = true;
+        let Poll::Ready(Some(second)) = Pin::new(&mut frames).poll_next(&mut cx) else {
+            panic!("a frame with the last event");
+        };
+        assert_eq!(&second[..], b"data: 4\n\n");
+        assert_eq!(second.as_ptr(), first[first.len()..].as_ptr());
+        assert_eq!(Pin::new(&mut frames).poll_next(&mut cx), Poll::Ready(None));
+    }
 
     #[test]
     fn framing() {

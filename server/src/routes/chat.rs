@@ -12,7 +12,6 @@
 //! fail over invisibly. A stream that fails after content ends with one
 //! `data: {"error": {...}}` event and no `[DONE]`.
 
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Bytes;
@@ -226,7 +225,7 @@ async fn stream(
                 recorder: Some(recorder),
                 finished: false,
             };
-            let mut response = sse::response(events);
+            let mut response = sse::response(sse::Frames::new(events));
             success_headers(&mut response, &answered);
             response
         }
@@ -252,7 +251,9 @@ impl ChatEvents {
             recorder.finish(status);
         }
     }
+}
 
+impl sse::EventWriter for ChatEvents {
     /// Appends the next event to `out`; `false` once the stream has ended.
     fn poll_event(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool> {
         if self.finished {
@@ -320,11 +321,3 @@ impl ChatEvents {
 /// Finds a `"usage"` key in chunk data (the searcher is built once).
 static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
-
-impl futures_core::Stream for ChatEvents {
-    type Item = Bytes;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        sse::poll_frame(cx, |cx, out| self.poll_event(cx, out))
-    }
-}

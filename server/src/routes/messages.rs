@@ -17,7 +17,6 @@
 //! the stream ends, so a cut after content counts against the deployment. Errors use the Anthropic shape, also in-band (`event: error`,
 //! and never a `message_stop` after it).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -395,13 +394,13 @@ async fn stream_messages(
         settle,
         finished: false,
     };
-    let mut response = sse::response(events);
+    let mut response = sse::response(sse::Frames::new(events));
     success_headers(&mut response, &answered);
     response
 }
 
 /// The SSE events of one `/v1/messages` stream, polled directly and sent
-/// as few frames as arrive (see [`sse::poll_frame`]).
+/// as few frames as arrive ([`sse::Frames`]).
 struct MessageEvents {
     events: RawEventStream,
     answered: Answered,
@@ -443,22 +442,6 @@ impl MessageEvents {
         text
     }
 
-    /// Appends the next event to `out`; `false` once the stream has ended.
-    fn poll_event(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool> {
-        if self.finished {
-            return Poll::Ready(false);
-        }
-        match ready!(self.events.poll_next_unpin(cx)) {
-            Some(Ok(event)) => self.native_event(event, out),
-            Some(Err(error)) => out.extend_from_slice(self.failed(&error).as_bytes()),
-            None => {
-                self.finish("200");
-                return Poll::Ready(false);
-            }
-        }
-        Poll::Ready(true)
-    }
-
     /// Appends a native event to `out`, untouched except `message_start`'s model.
     fn native_event(&mut self, event: RawEvent, out: &mut BytesMut) {
         let name = event_name(&event);
@@ -488,11 +471,21 @@ impl MessageEvents {
     }
 }
 
-impl futures_core::Stream for MessageEvents {
-    type Item = Bytes;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        sse::poll_frame(cx, |cx, out| self.poll_event(cx, out))
+impl sse::EventWriter for MessageEvents {
+    /// Appends the next event to `out`; `false` once the stream has ended.
+    fn poll_event(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<bool> {
+        if self.finished {
+            return Poll::Ready(false);
+        }
+        match ready!(self.events.poll_next_unpin(cx)) {
+            Some(Ok(event)) => self.native_event(event, out),
+            Some(Err(error)) => out.extend_from_slice(self.failed(&error).as_bytes()),
+            None => {
+                self.finish("200");
+                return Poll::Ready(false);
+            }
+        }
+        Poll::Ready(true)
     }
 }
 
