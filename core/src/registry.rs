@@ -339,11 +339,16 @@ pub(crate) struct ModelIndex {
     pub sets: Vec<RouteSet>,
 }
 
+/// A map keyed by provider or model name, looked up on every request:
+/// foldhash rather than SipHash for such short keys. Its keys come from
+/// the config; a client's model name is only ever looked up.
+pub(crate) type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// An immutable snapshot of every provider, deployment and route.
 pub(crate) struct Registry {
     pub providers: Vec<Arc<ProviderEntry>>,
-    pub by_id: HashMap<String, usize>,
-    pub models: HashMap<String, ModelIndex>,
+    pub by_id: NameMap<usize>,
+    pub models: NameMap<ModelIndex>,
     /// For model names no provider lists: the wildcard deployments.
     pub wildcard: Option<ModelIndex>,
     pub routes: Arc<BTreeMap<String, RouteConfig>>,
@@ -353,8 +358,8 @@ impl Registry {
     pub fn empty() -> Self {
         Self {
             providers: Vec::new(),
-            by_id: HashMap::new(),
-            models: HashMap::new(),
+            by_id: NameMap::default(),
+            models: NameMap::default(),
             wildcard: None,
             routes: Arc::new(BTreeMap::new()),
         }
@@ -448,7 +453,7 @@ impl Registry {
                     sets,
                 })
             };
-        let mut models = HashMap::with_capacity(named.len());
+        let mut models = NameMap::with_capacity_and_hasher(named.len(), Default::default());
         for (model, deployments) in named {
             if let Some(index) = make_index(model, deployments) {
                 models.insert(model.to_owned(), index);

@@ -353,8 +353,9 @@ thread_local! {
     // instead. Labels are bounded (configured models and providers, HTTP
     // statuses), so these maps are too. The recorder is installed before
     // the first request, and a handle stays valid for the process's life.
-    static SERIES: RefCell<(String, HashMap<String, RequestSeries>)> =
-        RefCell::new((String::new(), HashMap::new()));
+    // foldhash: SipHash cost more than the rest of the lookup for keys this short.
+    static SERIES: RefCell<(String, HashMap<String, RequestSeries, foldhash::fast::RandomState>)> =
+        RefCell::new((String::new(), HashMap::default()));
     static HISTOGRAMS: OnceCell<RequestHistograms> = const { OnceCell::new() };
 }
 
