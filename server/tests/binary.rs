@@ -30,16 +30,16 @@ fn switchyard() -> Command {
     command
 }
 
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-test-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// `contents` written to `name` in a fresh directory, which is removed
+/// when the returned guard drops.
+fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-test-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(name);
     std::fs::write(&path, contents).unwrap();
-    path
+    (dir, path)
 }
 
 fn free_port() -> u16 {
@@ -153,7 +153,7 @@ fn check_config(path: &std::path::Path, env: &[(&str, &str)]) -> Output {
 
 #[test]
 fn config_errors_name_their_path_and_env_overrides_apply() {
-    let bad = temp_file(
+    let (_bad_dir, bad) = temp_file(
         "bad.toml",
         "[[providers]]\nid = \"p\"\ntype = \"mock\"\nwieght = 2\nmodels = { \"m\" = {} }\n",
     );
@@ -162,7 +162,7 @@ fn config_errors_name_their_path_and_env_overrides_apply() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("providers[0].wieght"), "{stderr}");
 
-    let good = temp_file(
+    let (_good_dir, good) = temp_file(
         "good.toml",
         "[[providers]]\nid = \"p\"\ntype = \"mock\"\napi_key = \"sk-inline-secret-1234\"\nmodels = { \"m\" = {} }\n",
     );
@@ -207,7 +207,7 @@ async fn sigterm_during_a_stream_lets_the_stream_complete() {
 async fn sigterm_during_a_stream(workers: usize) {
     let up = openai_upstream("alpha").await;
     let port = free_port();
-    let config = temp_file(
+    let (_config_dir, config) = temp_file(
         "sigterm.toml",
         &format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nshutdown_timeout = \"10s\"\n{FAST_MANAGER}\n\

@@ -59,7 +59,8 @@ async fn reload_follows_the_file_refuses_bad_ones_and_keeps_admin_added_provider
     let b = openai_upstream("b").await;
     let c = openai_upstream("c").await;
     let x = openai_upstream("x").await;
-    let dir = temp_dir();
+    let scratch = temp_dir();
+    let dir = scratch.path();
     let path = dir.join("switchyard.toml");
     let v1 = format!(
         "{FAST_MANAGER}\n{}",
@@ -200,7 +201,8 @@ async fn overrides_and_tombstones_survive_reloads_with_warnings_until_override()
     let a = openai_upstream("a").await;
     let b = openai_upstream("b").await;
     let c = openai_upstream("c").await;
-    let dir = temp_dir();
+    let scratch = temp_dir();
+    let dir = scratch.path();
     let path = dir.join("switchyard.toml");
     let file = |a_weight: u32, b_weight: u32, with_c: bool| {
         let mut text = format!(
@@ -337,7 +339,8 @@ fn check_config(path: &Path, env: &[(&str, &str)]) -> (Option<i32>, String, Stri
 
 #[test]
 fn check_config_lists_every_error_with_its_path_and_redacts_secrets() {
-    let dir = temp_dir();
+    let scratch = temp_dir();
+    let dir = scratch.path();
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -464,7 +467,8 @@ async fn no_secret_leaks_into_logs_events_admin_responses_metrics_or_check_confi
     let up = openai_upstream_with_key("up", Some(UPSTREAM_KEY)).await;
     let inline_up = openai_upstream_with_key("inl", Some(INLINE_KEY)).await;
     let port = free_port();
-    let dir = temp_dir();
+    let scratch = temp_dir();
+    let dir = scratch.path();
     let path: PathBuf = dir.join("switchyard.toml");
     let main = toml_provider(
         "main",

@@ -681,15 +681,12 @@ pub async fn scrape(gw: &TestGateway) -> Vec<String> {
 // Admin API and reload helpers
 // ---------------------------------------------------------------------------
 
-/// A fresh directory under the system temp dir.
-pub fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-admin-test-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system temp dir, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("switchyard-admin-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Waits until `/readyz` answers 200 (the reload triggers are then in place).
