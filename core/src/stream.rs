@@ -109,6 +109,21 @@ impl TimedStream {
         Box::pin(Self::new(inner, ctx))
     }
 
+    /// [`boxed`](Self::boxed), unless the adapter that made `inner` already
+    /// applies these rules ([`Provider::times_streams`](crate::provider::Provider::times_streams)):
+    /// a second wrapper would re-arm a second timer on every chunk.
+    pub fn unless_timed(
+        inner: ChatStream,
+        timed_by_adapter: bool,
+        ctx: &CallContext,
+    ) -> ChatStream {
+        if timed_by_adapter {
+            inner
+        } else {
+            Self::boxed(inner, ctx)
+        }
+    }
+
     fn arm(&mut self, limit: Duration) {
         self.silence.restart(self.deadline, limit);
     }

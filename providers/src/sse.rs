@@ -76,9 +76,7 @@ impl SseParser {
         }
         if self.head.is_empty() && !(bytes.len() < BOM.len() && BOM.starts_with(bytes)) {
             // The first read settles the BOM question by itself.
-            self.started = true;
-            let skip = if bytes.starts_with(BOM) { BOM.len() } else { 0 };
-            self.feed(&bytes.slice(skip..), out);
+            self.start(bytes.clone(), out);
             return;
         }
         // Hold the first bytes until it is clear whether they are a BOM,
@@ -87,16 +85,17 @@ impl SseParser {
         if self.head.len() < BOM.len() && BOM.starts_with(&self.head) {
             return;
         }
-        self.start(out);
+        let head = Bytes::from(std::mem::take(&mut self.head));
+        self.start(head, out);
     }
 
-    fn start(&mut self, out: &mut Vec<SseEvent>) {
+    /// Feeds the stream's first bytes, without a leading BOM.
+    fn start(&mut self, mut first: Bytes, out: &mut Vec<SseEvent>) {
         self.started = true;
-        let mut head = Bytes::from(std::mem::take(&mut self.head));
-        if head.starts_with(BOM) {
-            let _ = head.split_to(BOM.len());
+        if first.starts_with(BOM) {
+            let _ = first.split_to(BOM.len());
         }
-        self.feed(&head, out);
+        self.feed(&first, out);
     }
 
     fn feed(&mut self, source: &Bytes, out: &mut Vec<SseEvent>) {
@@ -134,7 +133,8 @@ impl SseParser {
     /// an event still being built is dispatched.
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
         if !self.started {
-            self.start(out);
+            let head = Bytes::from(std::mem::take(&mut self.head));
+            self.start(head, out);
         }
         if !self.line.is_empty() {
             self.end_line(out);

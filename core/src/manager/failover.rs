@@ -10,8 +10,6 @@
 //! 429 → the deployment cools down, and when nothing else of the model can
 //! serve we wait for the cooldown if it ends within `retry_after_cap`;
 //! anything else → switch. Every retry or switch draws on the retry budget.
-use crate::config::RouteConfig;
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +22,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::config::RouteConfig;
 use crate::error::{AttemptRecord, ManagerError, ProviderError, TimeoutPhase, UpstreamCategory};
 use crate::event::EventKind;
 use crate::provider::{CallContext, Provider};
@@ -367,11 +366,7 @@ impl ProviderManager {
                             return Err(error);
                         }
                     };
-                    let stream = if timed_by_adapter {
-                        stream
-                    } else {
-                        TimedStream::boxed(stream, &ctx)
-                    };
+                    let stream = TimedStream::unless_timed(stream, timed_by_adapter, &ctx);
                     let mut stream: ChatStream = Box::pin(GuardedStream::new(stream, guard));
                     let mut prefix = Vec::new();
                     loop {

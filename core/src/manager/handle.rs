@@ -272,11 +272,8 @@ impl ProviderHandle {
         .map_err(first_byte);
         match opened {
             Ok(stream) => {
-                let stream = if self.provider().times_streams() {
-                    stream
-                } else {
-                    TimedStream::boxed(stream, ctx)
-                };
+                let stream =
+                    TimedStream::unless_timed(stream, self.provider().times_streams(), ctx);
                 Ok(Box::pin(GuardedStream::new(stream, guard)))
             }
             Err(error) => {
