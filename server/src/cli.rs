@@ -146,33 +146,38 @@ pub fn problems(error: &StartError) -> Vec<String> {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    telemetry::init_tracing();
-    let source = source(args.config.as_deref());
-    let mut config = match config::load(&source) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {source}: {error}");
-            return ExitCode::from(2);
+    let logs = telemetry::init_tracing();
+    let outcome = start_and_run(args);
+    // Queued log lines go out before the final error line, in order.
+    drop(logs);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((message, code)) => {
+            eprintln!("error: {message}");
+            code
         }
-    };
+    }
+}
+
+/// Loads the config and serves until shutdown; on failure, the message
+/// and the exit code (2 for a bad config).
+fn start_and_run(args: &ServeArgs) -> Result<(), (String, ExitCode)> {
+    let source = source(args.config.as_deref());
+    let mut config =
+        config::load(&source).map_err(|error| (format!("{source}: {error}"), ExitCode::from(2)))?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let runtime = match runtime(config.server.worker_threads()) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = runtime(config.server.worker_threads()).map_err(|error| {
+        (
+            format!("cannot start the async runtime: {error}"),
+            ExitCode::FAILURE,
+        )
+    })?;
     tracing::info!(config = %source, "starting switchyard");
-    match runtime.block_on(run(config, source, args.listen)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime
+        .block_on(run(config, source, args.listen))
+        .map_err(|error| (error.to_string(), ExitCode::FAILURE))
 }
 
 /// The async runtime for `workers` threads. One worker runs the

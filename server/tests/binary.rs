@@ -197,6 +197,98 @@ fn config_errors_name_their_path_and_env_overrides_apply() {
 }
 
 #[tokio::test]
+async fn default_logging_writes_one_access_line_per_request_and_flushes_at_exit() {
+    let up = openai_upstream("alpha").await;
+    let port = free_port();
+    let (dir, config) = temp_file(
+        "logs.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{FAST_MANAGER}\n\
+             [[providers]]\nid = \"alpha\"\ntype = \"openai_compatible\"\nbase_url = \"{}\"\nhealth_check = \"none\"\n\
+             [providers.models.\"gpt-x\"]\n",
+            up.base_url()
+        ),
+    );
+    let log_path = dir.path().join("stderr.log");
+    let mut child = switchyard()
+        .env("RUST_LOG", "info")
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, &mut child).await;
+    let mut child = Running(child);
+    let http = client();
+    let plain = http
+        .post(format!("{base}/v1/chat/completions"))
+        .header("x-request-id", "req-log-plain")
+        .json(&chat("gpt-x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    let mut streamed = chat("gpt-x");
+    streamed["stream"] = json!(true);
+    let stream = http
+        .post(format!("{base}/v1/chat/completions"))
+        .header("x-request-id", "req-log-stream")
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = stream.text().await.unwrap();
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
+    let unknown = http
+        .post(format!("{base}/v1/chat/completions"))
+        .header("x-request-id", "req-log-unknown")
+        .json(&chat("no-such-model"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_exit(&mut child.0, Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let access = |id: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains("request finished") && l.contains(id))
+            .collect()
+    };
+    // Each line carries its request span, a stream's too (it ends after
+    // the handler has returned).
+    let plain_lines = access("request_id=req-log-plain");
+    assert_eq!(plain_lines.len(), 1, "{log}");
+    assert!(
+        plain_lines[0].contains("model=\"gpt-x\" stream=false provider=\"alpha\" status=\"200\""),
+        "{log}"
+    );
+    let stream_lines = access("request_id=req-log-stream");
+    assert_eq!(stream_lines.len(), 1, "{log}");
+    assert!(
+        stream_lines[0].contains("stream=true provider=\"alpha\" status=\"200\""),
+        "{log}"
+    );
+    let unknown_lines = access("request_id=req-log-unknown");
+    assert_eq!(unknown_lines.len(), 1, "{log}");
+    assert!(unknown_lines[0].contains("status=\"404\""), "{log}");
+    // Written by the log thread, yet nothing is lost at exit.
+    assert!(
+        log.lines().last().unwrap().contains("switchyard stopped"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_during_a_stream_lets_the_stream_complete() {
     // One worker runs the single-thread scheduler, two the multi-thread one.
     for workers in [1, 2] {

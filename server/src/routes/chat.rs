@@ -46,7 +46,7 @@ pub async fn handle(
 }
 
 async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
-    let mut recorder = Recorder::start(&state, "chat.completions", meta);
+    let mut recorder = Recorder::start(&state);
     let (request, body) = match parse_request_keeping_body(&state, body, |r: &ChatRequest| &r.model)
     {
         Ok(parsed) => parsed,

@@ -26,7 +26,7 @@ pub async fn handle(
 }
 
 async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
-    let mut recorder = Recorder::start(&state, "completions", meta);
+    let mut recorder = Recorder::start(&state);
     let request: CompletionRequest =
         match parse_request(&state, body, |r: &CompletionRequest| &r.model) {
             Ok(request) => request,

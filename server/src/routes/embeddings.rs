@@ -25,7 +25,7 @@ pub async fn handle(
 }
 
 async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
-    let mut recorder = Recorder::start(&state, "embeddings", meta);
+    let mut recorder = Recorder::start(&state);
     let request: EmbeddingsRequest =
         match parse_request(&state, body, |r: &EmbeddingsRequest| &r.model) {
             Ok(request) => request,

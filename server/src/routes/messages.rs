@@ -120,7 +120,7 @@ fn validate(body: &Value) -> Result<(String, bool), ApiError> {
 }
 
 async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
-    let mut recorder = Recorder::start(&state, "messages", meta);
+    let mut recorder = Recorder::start(&state);
     let bytes = match read_body(body, state.server.max_body_bytes, Shape::Anthropic) {
         Ok(bytes) => bytes,
         Err(error) => return fail(recorder, error),

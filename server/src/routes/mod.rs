@@ -552,8 +552,6 @@ pub struct Recorder {
     first_token: Option<Duration>,
     usage: Option<Usage>,
     pricing: Pricing,
-    endpoint: &'static str,
-    request_id: String,
     /// The request span (current when the recorder starts): gets `provider`, `status` and tokens.
     span: tracing::Span,
     done: bool,
@@ -561,8 +559,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts recording a request to `endpoint`.
-    pub fn start(state: &AppState, endpoint: &'static str, meta: &RequestMeta) -> Self {
+    /// Starts recording the request whose span is current.
+    pub fn start(state: &AppState) -> Self {
         Self {
             state: state.clone(),
             // Room for the usual names, so setting them reuses these buffers.
@@ -573,8 +571,6 @@ impl Recorder {
             first_token: None,
             usage: None,
             pricing: Pricing::default(),
-            endpoint,
-            request_id: meta.request_id.clone(),
             span: tracing::Span::current(),
             done: false,
             enabled: state.manager.options().enable_metrics,
@@ -632,12 +628,11 @@ impl Recorder {
             self.span
                 .record("completion_tokens", usage.completion_tokens);
         }
+        // The access line. Its request span (id, endpoint, requested
+        // model, provider, status, tokens: recorded just above) prints
+        // with it, also when a stream ends outside the handler's span.
         tracing::info!(
-            request_id = %self.request_id,
-            endpoint = self.endpoint,
-            model = %self.model,
-            provider = %self.provider,
-            status,
+            parent: &self.span,
             duration_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX),
             "request finished"
         );
