@@ -75,7 +75,9 @@ pub use manager::{
 pub use provider::{CallContext, Capabilities, NoFactory, Pricing, Provider, ProviderFactory};
 pub use registry::Deployment;
 pub use round_robin::RoundRobin;
-pub use state::{CircuitState, Clock, DeploymentState, Health, Lifecycle, ProviderState};
+pub use state::{
+    CircuitState, Clock, DeploymentState, Health, Lifecycle, OpenCircuits, ProviderState,
+};
 pub use strategy::{Candidate, CandidateSet, RequestContext, SelectionStrategy, StrategyRegistry};
 pub use switchyard_events::{BusEvent, EventBus, Received, Subscription};
 pub use types::*;

@@ -14,7 +14,7 @@ use crate::config::{ModelConfig, ProviderConfig, RouteConfig};
 use crate::error::{ConfigError, ConfigIssue};
 use crate::limits::ProviderLimits;
 use crate::provider::{Pricing, Provider};
-use crate::state::{DeploymentState, Health, ProviderState};
+use crate::state::{DeploymentState, Health, OpenCircuits, ProviderState};
 use crate::strategy::{SelectionStrategy, StrategyRegistry};
 use crate::types::RequestType;
 
@@ -260,13 +260,15 @@ pub(crate) struct ProviderEntry {
 
 impl ProviderEntry {
     /// Builds an entry; deployment states are taken from `previous` where a
-    /// model survives and the provider's identity did not change.
+    /// model survives and the provider's identity did not change. New
+    /// states count their circuits in `open_circuits`.
     pub fn build(
         config: ProviderConfig,
         provider: Arc<dyn Provider>,
         previous: Option<&ProviderEntry>,
         now_ms: u64,
         provider_timeout_ms: u64,
+        open_circuits: &OpenCircuits,
     ) -> (Self, bool) {
         let config = Arc::new(config);
         let keep = previous.is_some_and(|p| !p.config.changes_identity(&config));
@@ -288,7 +290,7 @@ impl ProviderEntry {
                     .filter(|_| keep)
                     .and_then(|p| p.deployments.iter().find(|d| d.model() == model))
                     .map_or_else(
-                        || Arc::new(DeploymentState::new(now_ms)),
+                        || Arc::new(DeploymentState::counted(now_ms, open_circuits.clone())),
                         |d| Arc::clone(d.state()),
                     );
                 Arc::new(

@@ -6,7 +6,10 @@
 //! so paused-time tests drive it). Writers are the RAII call guard, the
 //! failover loop and the health checker; readers are the strategies.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -271,6 +274,35 @@ pub const LATENCY_DECAY_MS: f64 = 10_000.0;
 /// Length of slow start after admission or recovery (ms).
 pub const SLOW_START_MS: u64 = 30_000;
 
+/// How many deployments sharing this count have a circuit that is not
+/// closed (open or half-open). A manager gives one to all its deployments,
+/// so selection looks for a half-open probe only while some circuit is
+/// not closed instead of visiting every deployment of the model per
+/// request. Every change of a circuit to or from closed goes through one
+/// atomic swap, so the count is exact, not an estimate.
+#[derive(Clone, Debug, Default)]
+pub struct OpenCircuits(Arc<AtomicUsize>);
+
+impl OpenCircuits {
+    /// Whether some circuit counted here is open or half-open.
+    pub fn any(&self) -> bool {
+        self.0.load(RELAXED) > 0
+    }
+
+    /// How many are.
+    pub fn count(&self) -> usize {
+        self.0.load(RELAXED)
+    }
+
+    fn opened(&self) {
+        self.0.fetch_add(1, RELAXED);
+    }
+
+    fn closed(&self) {
+        self.0.fetch_sub(1, RELAXED);
+    }
+}
+
 /// The record selection reads for one deployment. Shared across registry
 /// rebuilds for as long as the deployment's provider keeps its identity.
 #[derive(Debug)]
@@ -278,6 +310,8 @@ pub struct DeploymentState {
     health: AtomicU8,
     degraded_until_ms: AtomicU64,
     circuit: AtomicU8,
+    /// Counts this circuit while it is not closed.
+    open_circuits: OpenCircuits,
     probe_taken: AtomicBool,
     ejected_until_ms: AtomicU64,
     opened_at_ms: AtomicU64,
@@ -297,12 +331,19 @@ pub struct DeploymentState {
 }
 
 impl DeploymentState {
-    /// A fresh record, admitted at `now_ms` (slow start begins).
+    /// A fresh record, admitted at `now_ms` (slow start begins), counted
+    /// on its own.
     pub fn new(now_ms: u64) -> Self {
+        Self::counted(now_ms, OpenCircuits::default())
+    }
+
+    /// A fresh record whose circuit, while not closed, counts in `open_circuits`.
+    pub fn counted(now_ms: u64, open_circuits: OpenCircuits) -> Self {
         Self {
             health: AtomicU8::new(Health::Healthy.as_u8()),
             degraded_until_ms: AtomicU64::new(0),
             circuit: AtomicU8::new(CircuitState::Closed.as_u8()),
+            open_circuits,
             probe_taken: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             opened_at_ms: AtomicU64::new(0),
@@ -411,10 +452,11 @@ impl DeploymentState {
     pub fn open_circuit(&self, now_ms: u64, ejection: Duration) -> u32 {
         let until = now_ms + u64::try_from(ejection.as_millis()).unwrap_or(u64::MAX / 2);
         self.ejected_until_ms.store(until, RELAXED);
-        if self.circuit() == CircuitState::Closed {
+        let was = self.circuit.swap(CircuitState::Open.as_u8(), RELAXED);
+        if was == CircuitState::Closed.as_u8() {
+            self.open_circuits.opened();
             self.opened_at_ms.store(now_ms, RELAXED);
         }
-        self.circuit.store(CircuitState::Open.as_u8(), RELAXED);
         self.probe_taken.store(false, RELAXED);
         self.consecutive_failures.store(0, RELAXED);
         self.set_health(Health::Unhealthy);
@@ -431,6 +473,7 @@ impl DeploymentState {
         if was == CircuitState::Closed.as_u8() {
             return None;
         }
+        self.open_circuits.closed();
         self.admitted_at_ms.store(now_ms, RELAXED);
         let opened = self.opened_at_ms.swap(0, RELAXED);
         Some(Duration::from_millis(now_ms.saturating_sub(opened)))
@@ -591,6 +634,15 @@ impl DeploymentState {
     }
 }
 
+impl Drop for DeploymentState {
+    /// A deployment removed while its circuit is not closed stops counting.
+    fn drop(&mut self) {
+        if self.circuit() != CircuitState::Closed {
+            self.open_circuits.closed();
+        }
+    }
+}
+
 /// Provider-wide state: shared by all of a provider's deployments.
 #[derive(Debug)]
 pub struct ProviderState {
@@ -740,6 +792,36 @@ mod tests {
         assert_eq!(s.try_take_probe(5_011), Some(false));
         assert_eq!(s.close_circuit(6_010), Some(Duration::from_millis(6_000)));
         assert_eq!(s.circuit(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn open_circuits_count_each_circuit_once_until_closed_or_dropped() {
+        let shared = OpenCircuits::default();
+        let a = DeploymentState::counted(0, shared.clone());
+        let b = DeploymentState::counted(0, shared.clone());
+        assert!(!shared.any());
+        a.open_circuit(10, Duration::from_secs(5));
+        a.open_circuit(20, Duration::from_secs(10));
+        assert_eq!(shared.count(), 1, "re-opening an open circuit counts once");
+        assert_eq!(a.try_take_probe(10_020), Some(true));
+        assert_eq!(shared.count(), 1, "half-open still counts");
+        b.open_circuit(30, Duration::from_secs(5));
+        assert_eq!(shared.count(), 2);
+        assert!(a.close_circuit(10_030).is_some());
+        assert_eq!(a.close_circuit(10_031), None);
+        a.reset(10_032);
+        assert_eq!(
+            shared.count(),
+            1,
+            "closing twice or resetting a closed one uncounts once"
+        );
+        drop(b);
+        assert!(
+            !shared.any(),
+            "a deployment dropped while open stops counting"
+        );
+        drop(a);
+        assert!(!shared.any());
     }
 
     #[test]

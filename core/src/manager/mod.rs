@@ -28,7 +28,9 @@ use crate::error::{ConfigError, ManagerError, ProviderError};
 use crate::event::{EventKind, ProviderEvent};
 use crate::provider::{CallContext, NoFactory, Provider, ProviderFactory};
 use crate::registry::{Deployment, ProviderEntry, Registry};
-use crate::state::{CircuitState, Clock, DeploymentState, Health, Lifecycle, ProviderState};
+use crate::state::{
+    CircuitState, Clock, DeploymentState, Health, Lifecycle, OpenCircuits, ProviderState,
+};
 use crate::strategy::StrategyRegistry;
 use crate::types::RequestType;
 
@@ -213,6 +215,8 @@ pub(crate) struct ManagerInner {
     strategies: StrategyRegistry,
     events: EventBus<ProviderEvent>,
     pub admission: Arc<dyn AdmissionControl>,
+    /// Circuits of this manager's deployments that are not closed.
+    pub open_circuits: OpenCircuits,
 }
 
 impl ManagerInner {
@@ -586,6 +590,7 @@ impl ManagerBuilder {
         let timeout_ms = millis(config.manager.provider_timeout);
         let mut entries = Vec::with_capacity(config.providers.len());
         let mut issues = Vec::new();
+        let open_circuits = OpenCircuits::default();
         for (i, (provider_config, instance)) in config.providers.iter().zip(instances).enumerate() {
             let provider = match instance {
                 Some(provider) => provider,
@@ -600,8 +605,14 @@ impl ManagerBuilder {
                     }
                 },
             };
-            let (entry, _) =
-                ProviderEntry::build(provider_config.clone(), provider, None, now_ms, timeout_ms);
+            let (entry, _) = ProviderEntry::build(
+                provider_config.clone(),
+                provider,
+                None,
+                now_ms,
+                timeout_ms,
+                &open_circuits,
+            );
             entries.push(Arc::new(entry));
         }
         if !issues.is_empty() {
@@ -632,6 +643,7 @@ impl ManagerBuilder {
             strategies: self.strategies,
             events,
             admission: self.admission,
+            open_circuits,
         });
         let manager = ProviderManager { inner };
         for entry in &manager.inner.registry.load().providers {
@@ -834,6 +846,7 @@ impl ProviderManager {
             None,
             now_ms,
             millis(self.inner.options.provider_timeout),
+            &self.inner.open_circuits,
         );
         let entry = Arc::new(entry);
         let mut providers = current.providers.clone();
@@ -957,6 +970,7 @@ impl ProviderManager {
             Some(&previous),
             self.inner.clock.now_ms(),
             millis(self.inner.options.provider_timeout),
+            &self.inner.open_circuits,
         );
         let entry = Arc::new(entry);
         let mut providers = current.providers.clone();
@@ -1093,6 +1107,7 @@ impl ProviderManager {
                         previous.as_deref(),
                         now_ms,
                         timeout_ms,
+                        &self.inner.open_circuits,
                     );
                     entries.push(Arc::new(entry));
                 }

@@ -140,8 +140,10 @@ pub(crate) fn select(
     };
     for &set in set_phases {
         for &region in region_phases {
-            if let Some(selected) = filter.probe(index, set, region) {
-                return Ok(selected);
+            if inner.open_circuits.any() {
+                if let Some(selected) = filter.probe(index, set, region) {
+                    return Ok(selected);
+                }
             }
             for tier in [Tier::Healthy, Tier::Degraded] {
                 if let Some(deployment) = filter.pick(index, set, region, tier, &ctx) {
