@@ -25,8 +25,9 @@
 //! it, is kept for `GET /admin/reload`.
 //!
 //! The file watch ([`start`]) watches the file's *directory*, so editors'
-//! rename-saves and symlink swaps (Kubernetes ConfigMaps) count; events are
-//! debounced for [`DEBOUNCE`], and a reload whose file bytes did not change
+//! rename-saves and symlink swaps (Kubernetes ConfigMaps) count, while
+//! writes to other regular files there (a log beside the config) do not;
+//! events are debounced for [`DEBOUNCE`], and a reload whose file bytes did not change
 //! since the last one is skipped. SIGHUP and `POST /admin/reload` always
 //! reload. With the embedded default config (no file) there is nothing to
 //! reload: `POST /admin/reload` answers 400 and SIGHUP is logged.
@@ -325,6 +326,7 @@ fn watch_file(state: AppState, path: &Path) -> Result<JoinHandle<()>, notify::Er
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
+    let config_name = path.file_name().map(ToOwned::to_owned);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
@@ -334,7 +336,7 @@ fn watch_file(state: AppState, path: &Path) -> Result<JoinHandle<()>, notify::Er
                     event.kind,
                     EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)
                 );
-                if !read {
+                if !read && may_concern_config(&event.paths, config_name.as_deref()) {
                     let _ = tx.send(());
                 }
             }
@@ -360,11 +362,57 @@ fn watch_file(state: AppState, path: &Path) -> Result<JoinHandle<()>, notify::Er
     }))
 }
 
+/// Whether a change to `paths` (in the config file's directory) may have
+/// changed the config: not when every one is an existing regular file of
+/// another name. A log file written next to the config would otherwise
+/// keep the directory from ever being quiet for [`DEBOUNCE`], holding back
+/// reloads for as long as the gateway logs. Symlinks and directories still
+/// count (a Kubernetes ConfigMap update swaps the `..data` symlink and
+/// never touches the config's own name), and so do paths gone by now.
+fn may_concern_config(paths: &[PathBuf], config_name: Option<&std::ffi::OsStr>) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|changed| {
+            changed.file_name() == config_name
+                || std::fs::symlink_metadata(changed).map_or(true, |meta| !meta.is_file())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn only_changes_that_may_touch_the_config_count() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = dir.path().join("switchyard.toml");
+        let log = dir.path().join("switchyard.log");
+        std::fs::write(&config, "").unwrap();
+        std::fs::write(&log, "a line\n").unwrap();
+        let name = config.file_name();
+        assert!(may_concern_config(std::slice::from_ref(&config), name));
+        assert!(
+            !may_concern_config(std::slice::from_ref(&log), name),
+            "a log file next to the config"
+        );
+        assert!(
+            may_concern_config(&[log.clone(), config.clone()], name),
+            "a rename onto the config"
+        );
+        assert!(may_concern_config(&[dir.path().join("gone.tmp")], name));
+        let data = dir.path().join("..data");
+        std::os::unix::fs::symlink(dir.path(), &data).unwrap();
+        assert!(
+            may_concern_config(&[data], name),
+            "a ConfigMap's symlink swap"
+        );
+        let nested = dir.path().join("..2026_11_26");
+        std::fs::create_dir(&nested).unwrap();
+        assert!(may_concern_config(&[nested], name));
+        assert!(may_concern_config(&[], name));
+    }
 
     const BASE: &str = r#"
         [[providers]]

@@ -197,6 +197,58 @@ async fn reload_follows_the_file_refuses_bad_ones_and_keeps_admin_added_provider
 }
 
 #[tokio::test]
+async fn a_busy_log_file_beside_the_config_does_not_hold_back_reloads() {
+    let a = openai_upstream("a").await;
+    let b = openai_upstream("b").await;
+    let scratch = temp_dir();
+    let path = scratch.path().join("switchyard.toml");
+    let v1 = format!(
+        "{FAST_MANAGER}\n{}",
+        toml_provider("a", &a.base_url(), &[("ma", "ma")], "")
+    );
+    std::fs::write(&path, &v1).unwrap();
+    let gw = gateway_from_file(&path, &[]).await;
+    let admin = Admin::new(&gw);
+
+    // A log appended to far more often than the debounce's quiet time,
+    // for as long as the test runs.
+    let log = scratch.path().join("switchyard.log");
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let writing = Arc::clone(&writing);
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = 0u32;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap();
+                std::io::Write::write_all(&mut file, b"request finished\n").unwrap();
+                lines += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lines
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v2 = format!(
+        "{v1}\n{}",
+        toml_provider("b", &b.base_url(), &[("mb", "mb")], "")
+    );
+    // Before the fix, this wait ran out: the directory was never quiet.
+    let outcome = write_and_wait(&admin, &path, &v2).await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let lines = writer.await.unwrap();
+    assert!(lines > 5, "the log was written throughout ({lines} lines)");
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert_eq!(outcome["added"], json!(["b"]), "{outcome}");
+    assert_eq!(admin.provider_ids().await, ["a", "b"]);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn overrides_and_tombstones_survive_reloads_with_warnings_until_override() {
     let a = openai_upstream("a").await;
     let b = openai_upstream("b").await;
