@@ -80,10 +80,10 @@ impl OtelConfig {
 }
 
 #[cfg(feature = "otel")]
-pub use enabled::{OtelGuard, layer, set_parent, start, traceparent};
+pub use enabled::{OtelGuard, exporting, layer, set_parent, start, traceparent};
 
 #[cfg(not(feature = "otel"))]
-pub use disabled::{OtelGuard, set_parent, start, traceparent};
+pub use disabled::{OtelGuard, exporting, set_parent, start, traceparent};
 
 #[cfg(feature = "otel")]
 mod enabled {
@@ -113,6 +113,12 @@ mod enabled {
 
     fn active() -> bool {
         ACTIVE.load(Ordering::Acquire)
+    }
+
+    /// Whether spans are being exported now: fields recorded on request
+    /// spans only for export are skipped otherwise.
+    pub fn exporting() -> bool {
+        active()
     }
 
     /// A tracer that forwards to the active exporter's tracer, so the
@@ -276,6 +282,11 @@ mod disabled {
             );
         }
         Ok(None)
+    }
+
+    /// Never without the `otel` feature.
+    pub fn exporting() -> bool {
+        false
     }
 
     /// Does nothing without the `otel` feature.

@@ -269,13 +269,20 @@ async fn default_logging_writes_one_access_line_per_request_and_flushes_at_exit(
     let plain_lines = access("request_id=req-log-plain");
     assert_eq!(plain_lines.len(), 1, "{log}");
     assert!(
-        plain_lines[0].contains("model=\"gpt-x\" stream=false provider=\"alpha\" status=\"200\""),
+        plain_lines[0].contains(
+            "request finished model=gpt-x stream=false provider=alpha status=\"200\" prompt_tokens="
+        ),
         "{log}"
+    );
+    assert_eq!(
+        plain_lines[0].matches("prompt_tokens=").count(),
+        1,
+        "fields are not repeated: {log}"
     );
     let stream_lines = access("request_id=req-log-stream");
     assert_eq!(stream_lines.len(), 1, "{log}");
     assert!(
-        stream_lines[0].contains("stream=true provider=\"alpha\" status=\"200\""),
+        stream_lines[0].contains("stream=true provider=alpha status=\"200\""),
         "{log}"
     );
     let unknown_lines = access("request_id=req-log-unknown");

@@ -103,7 +103,7 @@ async fn spans_reach_an_otlp_receiver_with_attributes_and_parents() {
     let collector = listener.local_addr().unwrap();
     let receiver = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
-    switchyard_server::telemetry::init_tracing();
+    let _logs = switchyard_server::telemetry::init_tracing();
     // The first provider (priority 0) fails with 503, so the request has
     // two attempts: a failed one and the one that answered.
     let bad = openai_upstream("bad").await;

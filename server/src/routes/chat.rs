@@ -52,10 +52,7 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
         Ok(parsed) => parsed,
         Err(error) => return fail(recorder, error),
     };
-    let span = tracing::Span::current();
-    span.record("model", request.model.as_str());
-    span.record("stream", request.stream);
-    recorder.set_model(&request.model);
+    recorder.set_request(&request.model, request.stream);
     let options = options(
         &request.model,
         RequestType::Chat,

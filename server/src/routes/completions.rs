@@ -41,8 +41,7 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
             .with_param("stream"),
         );
     }
-    tracing::Span::current().record("model", request.model.as_str());
-    recorder.set_model(&request.model);
+    recorder.set_request(&request.model, false);
     let estimated = u32::try_from(request.prompt.to_string().len() / 4 + 1).unwrap_or(u32::MAX);
     let options = options(
         &request.model,

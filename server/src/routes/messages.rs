@@ -138,11 +138,10 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
     };
     let chat = anthropic_request_to_chat(&body);
     let native_only = uses_anthropic_only_features(&body) || chat.is_err();
-    let span = tracing::Span::current();
-    span.record("model", model.as_str());
-    span.record("stream", stream);
-    span.record("native_only", native_only);
-    recorder.set_model(&model);
+    recorder.set_request(&model, stream);
+    if crate::otel::exporting() {
+        tracing::Span::current().record("native_only", native_only);
+    }
     let estimated = chat.as_ref().map_or_else(
         |_| u32::try_from(bytes.len() / 4 + 1).unwrap_or(u32::MAX),
         ChatRequest::estimated_prompt_tokens,

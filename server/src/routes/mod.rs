@@ -218,7 +218,9 @@ pub fn options(
 
 /// The tracing span of one data-plane request (the parent of its attempt
 /// spans), child of the client's `traceparent` when OpenTelemetry export
-/// is on. [`Recorder`] fills `provider`, `status` and the token counts.
+/// is on. While spans are exported, [`Recorder`] fills `model`, `stream`,
+/// `provider`, `status` and the token counts; log lines carry only the id
+/// and endpoint from it (the access line has the rest).
 pub fn request_span(endpoint: &'static str, meta: &RequestMeta) -> tracing::Span {
     use tracing::field::Empty;
     let span = tracing::info_span!(
@@ -269,9 +271,13 @@ pub fn attempt_span(attempt: &mut Attempt) -> tracing::Span {
 /// and records the tokens on the current (attempt) span.
 pub fn report_usage(attempt: &Attempt, usage: &Usage) {
     attempt.report_usage(usage);
-    let span = tracing::Span::current();
-    span.record("prompt_tokens", usage.prompt_tokens);
-    span.record("completion_tokens", usage.completion_tokens);
+    // The attempt span exists only while spans are exported; otherwise the
+    // current span is the request's, whose access line has the tokens.
+    if crate::otel::exporting() {
+        let span = tracing::Span::current();
+        span.record("prompt_tokens", usage.prompt_tokens);
+        span.record("completion_tokens", usage.completion_tokens);
+    }
 }
 
 /// Runs an attempt's upstream call inside its span and records the outcome
@@ -552,6 +558,7 @@ pub struct Recorder {
     first_token: Option<Duration>,
     usage: Option<Usage>,
     pricing: Pricing,
+    stream: bool,
     /// The request span (current when the recorder starts): gets `provider`, `status` and tokens.
     span: tracing::Span,
     done: bool,
@@ -571,6 +578,7 @@ impl Recorder {
             first_token: None,
             usage: None,
             pricing: Pricing::default(),
+            stream: false,
             span: tracing::Span::current(),
             done: false,
             enabled: state.manager.options().enable_metrics,
@@ -582,8 +590,19 @@ impl Recorder {
         self.upstream.clone()
     }
 
+    /// The requested model and whether the answer streams: for the access
+    /// line, and on the request span when spans are exported.
+    pub fn set_request(&mut self, model: &str, stream: bool) {
+        self.stream = stream;
+        self.set_model(model);
+        if crate::otel::exporting() {
+            self.span.record("model", model);
+            self.span.record("stream", stream);
+        }
+    }
+
     /// The requested (later: answering) model, as a bounded label.
-    pub fn set_model(&mut self, model: &str) {
+    fn set_model(&mut self, model: &str) {
         // Into the existing buffer: a label per request without a new string.
         Labels::model(model, |m| self.state.manager.serves_model(m)).clone_into(&mut self.model);
     }
@@ -618,21 +637,31 @@ impl Recorder {
         }
         self.done = true;
         let total = self.started.elapsed();
-        self.span.record("provider", self.provider.as_str());
-        self.span.record("status", status);
-        if status != "200" {
-            self.span.record("otel.status_code", "ERROR");
+        // Recorded on the span only for export: each field recorded is
+        // formatted again into the span's log context, and the access
+        // line below carries them all anyway.
+        if crate::otel::exporting() {
+            self.span.record("provider", self.provider.as_str());
+            self.span.record("status", status);
+            if status != "200" {
+                self.span.record("otel.status_code", "ERROR");
+            }
+            if let Some(usage) = &self.usage {
+                self.span.record("prompt_tokens", usage.prompt_tokens);
+                self.span
+                    .record("completion_tokens", usage.completion_tokens);
+            }
         }
-        if let Some(usage) = &self.usage {
-            self.span.record("prompt_tokens", usage.prompt_tokens);
-            self.span
-                .record("completion_tokens", usage.completion_tokens);
-        }
-        // The access line. Its request span (id, endpoint, requested
-        // model, provider, status, tokens: recorded just above) prints
-        // with it, also when a stream ends outside the handler's span.
+        // The access line, with its request span (request id, endpoint) as
+        // the parent, also when a stream ends outside the handler's span.
         tracing::info!(
             parent: &self.span,
+            model = %self.model,
+            stream = self.stream,
+            provider = %self.provider,
+            status,
+            prompt_tokens = self.usage.as_ref().map(|u| u.prompt_tokens),
+            completion_tokens = self.usage.as_ref().map(|u| u.completion_tokens),
             duration_ms = u64::try_from(total.as_millis()).unwrap_or(u64::MAX),
             "request finished"
         );
