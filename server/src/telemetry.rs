@@ -98,7 +98,9 @@ pub fn init_tracing() -> Option<LogGuard> {
     let dropped = writer.error_counter();
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Plain text, terminal or not (the `ansi` feature is off); control
+        // characters in messages are still escaped.
+        .with_ansi(false)
         .with_filter(filter);
     let registry = tracing_subscriber::registry().with(logs);
     #[cfg(feature = "otel")]
