@@ -27,8 +27,8 @@
 //! The file watch ([`start`]) watches the file's *directory*, so editors'
 //! rename-saves and symlink swaps (Kubernetes ConfigMaps) count, while
 //! writes to other regular files there (a log beside the config) do not;
-//! events are debounced for [`DEBOUNCE`], and a reload whose file bytes did not change
-//! since the last one is skipped. SIGHUP and `POST /admin/reload` always
+//! events are debounced for [`DEBOUNCE`], and a reload whose file bytes
+//! did not change since the last one is skipped. SIGHUP and `POST /admin/reload` always
 //! reload. With the embedded default config (no file) there is nothing to
 //! reload: `POST /admin/reload` answers 400 and SIGHUP is logged.
 

@@ -1,7 +1,8 @@
 //! Logs and metrics: the tracing subscriber, the Prometheus recorder behind `/metrics`, and the metric names of SPEC §12.
 //!
-//! - [`init_tracing`]: `RUST_LOG` (default `info`) to stderr; called by the
-//!   binary, not by the library (embedders and tests bring their own).
+//! - [`init_tracing`]: `RUST_LOG` (default `info`) to stderr, written by a
+//!   writer thread; called by the binary, not by the library (embedders and
+//!   tests bring their own).
 //! - [`prometheus`]: installs the Prometheus recorder once per process and
 //!   returns its handle; `/metrics` serves [`PrometheusHandle::render`].
 //! - [`register`]: describes every metric and registers the label-less ones
@@ -69,10 +70,9 @@ const LOG_QUEUE_LINES: usize = 32 * 1024;
 /// and a `write` to a log file per line cost about 12 µs of the serving
 /// thread's time per request (bench machine, plain requests). The thread
 /// writes whatever has queued in one buffered `write`. If the queue
-/// (32k lines) is ever full, lines are dropped rather than
-/// stalling requests;
-/// [`LogGuard`] reports how many when the process ends. Keep the guard
-/// alive until the end of `main`: dropping it flushes what is queued.
+/// (32k lines) is ever full, lines are dropped rather than stalling
+/// requests; [`LogGuard`] reports how many when the process ends. Keep the
+/// guard alive until the end of `main`: dropping it flushes what is queued.
 ///
 /// With the `otel` feature the subscriber also carries
 /// `crate::otel::layer()`, which exports spans (whatever `RUST_LOG` says)
@@ -80,10 +80,9 @@ const LOG_QUEUE_LINES: usize = 32 * 1024;
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init_tracing() -> Option<LogGuard> {
     use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-
-    use tracing_subscriber::filter::FilterExt as _;
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))

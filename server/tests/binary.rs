@@ -222,31 +222,23 @@ async fn default_logging_writes_one_access_line_per_request_and_flushes_at_exit(
     wait_ready(&base, &mut child).await;
     let mut child = Running(child);
     let http = client();
-    let plain = http
-        .post(format!("{base}/v1/chat/completions"))
-        .header("x-request-id", "req-log-plain")
-        .json(&chat("gpt-x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain.status(), 200);
+    let send = |request_id: &'static str, body: Value| {
+        http.post(format!("{base}/v1/chat/completions"))
+            .header("x-request-id", request_id)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        send("req-log-plain", chat("gpt-x")).await.unwrap().status(),
+        200
+    );
     let mut streamed = chat("gpt-x");
     streamed["stream"] = json!(true);
-    let stream = http
-        .post(format!("{base}/v1/chat/completions"))
-        .header("x-request-id", "req-log-stream")
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
+    let stream = send("req-log-stream", streamed).await.unwrap();
     assert_eq!(stream.status(), 200);
     let text = stream.text().await.unwrap();
     assert_eq!(sse_data(&text).last().unwrap(), "[DONE]", "{text}");
-    let unknown = http
-        .post(format!("{base}/v1/chat/completions"))
-        .header("x-request-id", "req-log-unknown")
-        .json(&chat("no-such-model"))
-        .send()
+    let unknown = send("req-log-unknown", chat("no-such-model"))
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);

@@ -49,6 +49,17 @@ async fn write_and_wait(admin: &Admin, path: &Path, contents: &str) -> Value {
     next_reload(admin, seq).await
 }
 
+/// A gateway on `path`, written with provider "a" serving model "ma";
+/// returns the file's contents and the gateway.
+async fn gateway_serving_a(path: &Path, a: &Upstream) -> (String, TestGateway) {
+    let v1 = format!(
+        "{FAST_MANAGER}\n{}",
+        toml_provider("a", &a.base_url(), &[("ma", "ma")], "")
+    );
+    std::fs::write(path, &v1).unwrap();
+    (v1, gateway_from_file(path, &[]).await)
+}
+
 fn warnings(outcome: &Value) -> String {
     outcome["warnings"].to_string()
 }
@@ -62,12 +73,7 @@ async fn reload_follows_the_file_refuses_bad_ones_and_keeps_admin_added_provider
     let scratch = temp_dir();
     let dir = scratch.path();
     let path = dir.join("switchyard.toml");
-    let v1 = format!(
-        "{FAST_MANAGER}\n{}",
-        toml_provider("a", &a.base_url(), &[("ma", "ma")], "")
-    );
-    std::fs::write(&path, &v1).unwrap();
-    let gw = gateway_from_file(&path, &[]).await;
+    let (v1, gw) = gateway_serving_a(&path, &a).await;
     let admin = Admin::new(&gw);
     let http = client();
     let url = base(&gw);
@@ -202,12 +208,7 @@ async fn a_busy_log_file_beside_the_config_does_not_hold_back_reloads() {
     let b = openai_upstream("b").await;
     let scratch = temp_dir();
     let path = scratch.path().join("switchyard.toml");
-    let v1 = format!(
-        "{FAST_MANAGER}\n{}",
-        toml_provider("a", &a.base_url(), &[("ma", "ma")], "")
-    );
-    std::fs::write(&path, &v1).unwrap();
-    let gw = gateway_from_file(&path, &[]).await;
+    let (v1, gw) = gateway_serving_a(&path, &a).await;
     let admin = Admin::new(&gw);
 
     // A log appended to far more often than the debounce's quiet time,

@@ -219,8 +219,9 @@ pub fn options(
 /// The tracing span of one data-plane request (the parent of its attempt
 /// spans), child of the client's `traceparent` when OpenTelemetry export
 /// is on. While spans are exported, [`Recorder`] fills `model`, `stream`,
-/// `provider`, `status` and the token counts; log lines carry only the id
-/// and endpoint from it (the access line has the rest).
+/// `provider`, `status` and the token counts (log lines then show them in
+/// the span context too); otherwise log lines get only the id and endpoint
+/// from it, and the access line carries the rest.
 pub fn request_span(endpoint: &'static str, meta: &RequestMeta) -> tracing::Span {
     use tracing::field::Empty;
     let span = tracing::info_span!(
@@ -559,7 +560,8 @@ pub struct Recorder {
     usage: Option<Usage>,
     pricing: Pricing,
     stream: bool,
-    /// The request span (current when the recorder starts): gets `provider`, `status` and tokens.
+    /// The request span (current when the recorder starts): gets `provider`,
+    /// `status` and tokens while spans are exported.
     span: tracing::Span,
     done: bool,
     enabled: bool,
