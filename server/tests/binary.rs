@@ -279,7 +279,11 @@ async fn default_logging_writes_one_access_line_per_request_and_flushes_at_exit(
     );
     let unknown_lines = access("request_id=req-log-unknown");
     assert_eq!(unknown_lines.len(), 1, "{log}");
-    assert!(unknown_lines[0].contains("status=\"404\""), "{log}");
+    assert!(
+        unknown_lines[0].contains("model=other requested_model=\"no-such-model\" stream=false provider=none status=\"404\""),
+        "{log}"
+    );
+    assert!(!plain_lines[0].contains("requested_model"), "{log}");
     // Written by the log thread, yet nothing is lost at exit.
     assert!(
         log.lines().last().unwrap().contains("switchyard stopped"),

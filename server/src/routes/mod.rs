@@ -560,6 +560,9 @@ pub struct Recorder {
     usage: Option<Usage>,
     pricing: Pricing,
     stream: bool,
+    /// The model asked for, when it is no configured one (its label is
+    /// `other`): the access line names it, cut to [`LOGGED_MODEL_CHARS`].
+    unknown_model: Option<String>,
     /// The request span (current when the recorder starts): gets `provider`,
     /// `status` and tokens while spans are exported.
     span: tracing::Span,
@@ -581,6 +584,7 @@ impl Recorder {
             usage: None,
             pricing: Pricing::default(),
             stream: false,
+            unknown_model: None,
             span: tracing::Span::current(),
             done: false,
             enabled: state.manager.options().enable_metrics,
@@ -597,6 +601,9 @@ impl Recorder {
     pub fn set_request(&mut self, model: &str, stream: bool) {
         self.stream = stream;
         self.set_model(model);
+        if self.model == Labels::OTHER_MODEL && model != Labels::OTHER_MODEL {
+            self.unknown_model = Some(model.chars().take(LOGGED_MODEL_CHARS).collect());
+        }
         if crate::otel::exporting() {
             self.span.record("model", model);
             self.span.record("stream", stream);
@@ -659,6 +666,7 @@ impl Recorder {
         tracing::info!(
             parent: &self.span,
             model = %self.model,
+            requested_model = self.unknown_model.as_deref(),
             stream = self.stream,
             provider = %self.provider,
             status,
@@ -710,6 +718,10 @@ pub fn fail(recorder: Recorder, error: ApiError) -> Response {
     recorder.finish(error.status.as_str());
     error.into_response()
 }
+
+/// How much of an unknown model's name the access line keeps: the name is
+/// the client's, of any length.
+const LOGGED_MODEL_CHARS: usize = 100;
 
 /// A metric label's string, with room to be overwritten by a longer name.
 fn label_buffer(initial: &str) -> String {
