@@ -85,6 +85,11 @@ impl SseParser {
         if self.head.len() < BOM.len() && BOM.starts_with(&self.head) {
             return;
         }
+        self.start_with_head(out);
+    }
+
+    /// Feeds the held first bytes (see [`start`](Self::start)).
+    fn start_with_head(&mut self, out: &mut Vec<SseEvent>) {
         let head = Bytes::from(std::mem::take(&mut self.head));
         self.start(head, out);
     }
@@ -133,8 +138,7 @@ impl SseParser {
     /// an event still being built is dispatched.
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
         if !self.started {
-            let head = Bytes::from(std::mem::take(&mut self.head));
-            self.start(head, out);
+            self.start_with_head(out);
         }
         if !self.line.is_empty() {
             self.end_line(out);

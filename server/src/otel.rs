@@ -111,14 +111,10 @@ mod enabled {
     /// The active exporter's tracer.
     static TRACER: RwLock<Option<SdkTracer>> = parking_lot::const_rwlock(None);
 
-    fn active() -> bool {
-        ACTIVE.load(Ordering::Acquire)
-    }
-
     /// Whether spans are being exported now: fields recorded on request
     /// spans only for export are skipped otherwise.
     pub fn exporting() -> bool {
-        active()
+        ACTIVE.load(Ordering::Acquire)
     }
 
     /// A tracer that forwards to the active exporter's tracer, so the
@@ -157,7 +153,7 @@ mod enabled {
             meta.is_span() && *meta.level() <= Level::INFO
         }
         let filter =
-            tracing_subscriber::filter::dynamic_filter_fn(|meta, _| wanted(meta) && active())
+            tracing_subscriber::filter::dynamic_filter_fn(|meta, _| wanted(meta) && exporting())
                 .with_callsite_filter(|meta| {
                     if wanted(meta) {
                         tracing::subscriber::Interest::sometimes()
@@ -236,7 +232,7 @@ mod enabled {
     /// Makes the client's `traceparent` the parent of `span` (a new span,
     /// not yet entered). Ignores a malformed header.
     pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
-        let Some(traceparent) = traceparent.filter(|_| active()) else {
+        let Some(traceparent) = traceparent.filter(|_| exporting()) else {
             return;
         };
         let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
@@ -248,7 +244,7 @@ mod enabled {
 
     /// `span`'s context as a W3C `traceparent`, while an exporter is active.
     pub fn traceparent(span: &tracing::Span) -> Option<String> {
-        if !active() {
+        if !exporting() {
             return None;
         }
         let cx = span.context();
