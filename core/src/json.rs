@@ -7,8 +7,10 @@
 //! as they are travel as [`Bytes`] and only the `model` string is spliced.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 use crate::types::Usage;
@@ -35,6 +37,56 @@ pub fn model_span(body: &[u8]) -> Option<Range<usize>> {
     }
     let peek: Peek<'_> = from_bytes(body).ok()?;
     span_of(body, peek.model?)
+}
+
+/// [`model_span`] of a body already parsed, whose top-level `model` is
+/// `model`. When the body names one `model` key and spells it and its
+/// value without escapes (nearly always), a byte search finds it; else
+/// the body is parsed again. Same answer as [`model_span`] either way;
+/// on the bench's body, 0.5k instructions instead of 1.7k (callgrind).
+pub fn parsed_model_span(body: &[u8], model: &str) -> Option<Range<usize>> {
+    literal_model_span(body, model).or_else(|| model_span(body))
+}
+
+/// The byte search of [`parsed_model_span`], `None` unless unambiguous.
+/// It relies on `body` being valid JSON: a `"model"` token followed by a
+/// colon is then a key, and without `\u` escapes no other spelling of
+/// that key exists.
+fn literal_model_span(body: &[u8], model: &str) -> Option<Range<usize>> {
+    // Built once: building a searcher cost more than the search.
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
+    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    if UNICODE_ESCAPE.find(body).is_some() {
+        return None;
+    }
+    let skip_space = |mut at: usize| {
+        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        at
+    };
+    let mut value_at = None;
+    for at in KEY.find_iter(body) {
+        // `\"model"` closes a string that holds `"model`: a key may end so.
+        if at > 0 && body.get(at - 1) == Some(&b'\\') {
+            return None;
+        }
+        let colon = skip_space(at + KEY.needle().len());
+        if body.get(colon) != Some(&b':') {
+            continue; // the value "model", not a key
+        }
+        if value_at.is_some() {
+            return None; // nested objects with `model` keys: parse
+        }
+        value_at = Some(skip_space(colon + 1));
+    }
+    let start = value_at?;
+    let end = start.checked_add(model.len())?.checked_add(2)?;
+    let quoted = body.get(start..end)?;
+    let spelled = quoted.first() == Some(&b'"')
+        && quoted.last() == Some(&b'"')
+        && quoted.get(1..quoted.len() - 1) == Some(model.as_bytes());
+    spelled.then_some(start..end)
 }
 
 /// Where `value`, a string borrowed from `body`, sits in it (quotes included).
@@ -219,6 +271,45 @@ mod tests {
             stream_with_model(&Bytes::from_static(b"[1]"), &(0..1), "m"),
             None
         );
+    }
+
+    #[test]
+    fn a_parsed_bodys_model_span_is_the_full_parses_answer() {
+        let bodies: [&[u8]; 10] = [
+            br#"{"model":"gpt-4o","messages":[]}"#,
+            br#"{ "messages" : [ {"role":"model","content":"x"} ] , "model"  :  "m" }"#,
+            br#"{"metadata":{"model":"m"},"model":"m"}"#,
+            br#"{"model":"m","tools":[{"parameters":{"properties":{"model":{"type":"string"}}}}]}"#,
+            br#"{"x \"model":1,"model":"m"}"#,
+            br#"{"mod\u0065l":"m","metadata":{"model":"other"}}"#,
+            br#"{"model":"a\"b"}"#,
+            br#"{"messages":[{"content":"say \"model\": no"}],"model":"m"}"#,
+            br#"{"model":"m\/n"}"#,
+            b"{\"model\"\n:\t\"tabbed\"}",
+        ];
+        for body in bodies {
+            let parsed: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let model = parsed["model"].as_str().unwrap();
+            assert_eq!(
+                parsed_model_span(body, model),
+                model_span(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // The fast path answers the plain cases by itself.
+        assert_eq!(literal_model_span(bodies[1], "m"), model_span(bodies[1]));
+        assert_eq!(
+            literal_model_span(bodies[9], "tabbed"),
+            model_span(bodies[9])
+        );
+        assert!(literal_model_span(bodies[9], "tabbed").is_some());
+        // And declines what it cannot be sure of.
+        for ambiguous in [bodies[2], bodies[3], bodies[4], bodies[5], bodies[6]] {
+            let parsed: serde_json::Value = serde_json::from_slice(ambiguous).unwrap();
+            let model = parsed["model"].as_str().unwrap();
+            assert_eq!(literal_model_span(ambiguous, model), None);
+        }
     }
 
     #[test]

@@ -89,7 +89,7 @@ async fn unary(
     // `stream_options` must not reach an upstream without `stream`, so such
     // bodies (rare) go the typed way, which drops it.
     let forwardable = if request.stream_options.is_none() {
-        json::model_span(&body).map(|span| (body, span))
+        json::parsed_model_span(&body, &request.model).map(|span| (body, span))
     } else {
         None
     };
@@ -152,7 +152,7 @@ async fn stream(
         && memchr::memmem::find(&body, b"\"stream_options\"").is_none())
         || client_wants_usage
     {
-        json::model_span(&body).map(|span| (body, span))
+        json::parsed_model_span(&body, &request.model).map(|span| (body, span))
     } else {
         None
     };
