@@ -92,10 +92,16 @@ pub struct CallContext {
     pub first_token_timeout: Duration,
     /// Streams: longest silence between events.
     pub stream_idle_timeout: Duration,
-    /// Forwarded as `x-request-id`.
-    pub request_id: Option<String>,
+    /// Forwarded as `x-request-id` (shared: each attempt's context is a
+    /// clone).
+    pub request_id: Option<Arc<str>>,
     /// Forwarded as `traceparent`.
     pub traceparent: Option<String>,
+    /// Set by the manager, whose own timer already holds the call to
+    /// `response_timeout` (or, opening a stream, `first_token_timeout`)
+    /// and the deadline: an adapter need not start a second timer for
+    /// those limits. Stream idle timing is the adapter's either way.
+    pub bounded_by_caller: bool,
 }
 
 impl Default for CallContext {
@@ -107,6 +113,7 @@ impl Default for CallContext {
             stream_idle_timeout: Duration::from_secs(10),
             request_id: None,
             traceparent: None,
+            bounded_by_caller: false,
         }
     }
 }

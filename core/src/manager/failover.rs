@@ -53,7 +53,7 @@ pub struct FailoverOptions {
     /// Requested output limit.
     pub max_output_tokens: Option<u32>,
     /// Forwarded upstream as `x-request-id`, and logged.
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     /// Forwarded upstream as `traceparent`.
     pub traceparent: Option<String>,
     /// Only deployments that speak Anthropic Messages natively.
@@ -457,6 +457,8 @@ impl ProviderManager {
         base_ctx.deadline = Some(deadline);
         base_ctx.request_id = options.request_id.clone();
         base_ctx.traceparent = options.traceparent.clone();
+        // Every attempt below runs under `bounded`.
+        base_ctx.bounded_by_caller = true;
         inner.budget.deposit(inner.clock.now_ms());
         inner.counters.request();
 

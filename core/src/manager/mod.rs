@@ -243,6 +243,7 @@ impl ManagerInner {
                 .unwrap_or(o.stream_idle_timeout),
             request_id: None,
             traceparent: None,
+            bounded_by_caller: false,
         }
     }
 

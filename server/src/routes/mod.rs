@@ -43,8 +43,9 @@ pub const REGION_HEADER: &str = "x-switchyard-region";
 /// Identifiers of one request, from its headers.
 #[derive(Clone, Debug)]
 pub struct RequestMeta {
-    /// The client's `x-request-id` (if sane), else a generated one.
-    pub request_id: String,
+    /// The client's `x-request-id` (if sane), else a generated one;
+    /// shared with the failover options and every attempt's context.
+    pub request_id: Arc<str>,
     /// The client's `traceparent`, forwarded upstream.
     pub traceparent: Option<String>,
     /// `x-switchyard-region`.
@@ -84,7 +85,7 @@ impl RequestMeta {
                 .map(str::to_owned)
         };
         Self {
-            request_id: text(&REQUEST_ID_HEADER).unwrap_or_else(new_request_id),
+            request_id: text(&REQUEST_ID_HEADER).map_or_else(new_request_id, Arc::from),
             traceparent: text(&TRACEPARENT),
             region: text(&REGION),
         }
@@ -92,17 +93,18 @@ impl RequestMeta {
 }
 
 /// A fresh request id: `req_` and 32 hex digits.
-pub fn new_request_id() -> String {
+pub fn new_request_id() -> Arc<str> {
     // Written digit by digit: `format!` of a u128 cost ~1,000 instructions.
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let random = rand::random::<u128>();
-    let mut id = String::with_capacity(36);
-    id.push_str("req_");
-    for shift in (0..32u32).rev() {
+    let mut id = [0u8; 36];
+    id[..4].copy_from_slice(b"req_");
+    for (at, shift) in (4..).zip((0..32u32).rev()) {
         let digit = (random >> (shift * 4)) & 0xf;
-        id.push(char::from(HEX[digit as usize]));
+        id[at] = HEX[digit as usize];
     }
-    id
+    // Hex digits and `req_`: always UTF-8.
+    Arc::from(std::str::from_utf8(&id).unwrap_or("req_"))
 }
 
 /// The body bytes, or 413 / 400 in `shape`.
@@ -211,7 +213,7 @@ pub fn options(
         .or_else(|| body_region.map(str::to_owned));
     options.estimated_input_tokens = estimated_input_tokens;
     options.max_output_tokens = max_output_tokens;
-    options.request_id = Some(meta.request_id.clone());
+    options.request_id = Some(Arc::clone(&meta.request_id));
     options.traceparent = meta.traceparent.clone();
     options
 }
@@ -772,7 +774,7 @@ mod tests {
         headers.insert("traceparent", HeaderValue::from_static("00-aa-bb-01"));
         headers.insert(REGION_HEADER, HeaderValue::from_static("eu"));
         let meta = RequestMeta::from_headers(&headers);
-        assert_eq!(meta.request_id, "abc-123");
+        assert_eq!(&*meta.request_id, "abc-123");
         assert_eq!(meta.traceparent.as_deref(), Some("00-aa-bb-01"));
         assert_eq!(meta.region.as_deref(), Some("eu"));
         let generated = RequestMeta::from_headers(&HeaderMap::new()).request_id;
