@@ -261,7 +261,13 @@ impl Upstream {
                 .parse::<Uri>()
                 .map_err(|e| format!("invalid upstream URL for '{path}': {e}")),
         };
-        let mut headers = self.headers.clone();
+        // A clone of the fixed headers would have no spare room (a cloned
+        // `Vec` is exactly full), and the id, `content-type` and hyper's
+        // `content-length` would grow it twice per request.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + PER_REQUEST_HEADERS);
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
         // Request ids and traceparents were checked to be short visible
         // ASCII where they came in; anything else is left out.
         let mut forward = |name: &'static str, value: Option<&str>| {
@@ -361,6 +367,10 @@ impl Upstream {
         within(ctx, limit, phase, self.send(request)).await
     }
 }
+
+/// Headers a request may add to the fixed ones: `x-request-id`,
+/// `traceparent`, `content-type`, and hyper's `content-length`.
+const PER_REQUEST_HEADERS: usize = 4;
 
 /// The most of an error body that is read: enough for any error message,
 /// bounded against an upstream that streams garbage.

@@ -450,14 +450,14 @@ impl Answer for switchyard_core::RawChatResponse {
         self.usage.as_ref()
     }
     fn into_response_as(self, model: &str) -> Response {
-        (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            self.body_with_model(model),
-        )
-            .into_response()
+        // Built directly: `(headers, Bytes).into_response()` sets
+        // `content-type` twice, octet-stream first.
+        let mut response = Response::new(axum::body::Body::from(self.body_with_model(model)));
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 
@@ -507,7 +507,25 @@ pub fn success_headers(response: &mut Response, answered: &Answered) {
             headers.insert(name.clone(), value);
         }
     }
-    headers.insert(ATTEMPTS.clone(), HeaderValue::from(answered.attempts));
+    // The usual counts are static values: `From<u32>` formats into a
+    // fresh allocation.
+    const COUNTS: [HeaderValue; 10] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+        HeaderValue::from_static("5"),
+        HeaderValue::from_static("6"),
+        HeaderValue::from_static("7"),
+        HeaderValue::from_static("8"),
+        HeaderValue::from_static("9"),
+    ];
+    let attempts = usize::try_from(answered.attempts)
+        .ok()
+        .and_then(|n| COUNTS.get(n).cloned())
+        .unwrap_or_else(|| HeaderValue::from(answered.attempts));
+    headers.insert(ATTEMPTS.clone(), attempts);
 }
 
 /// Time spent inside upstream calls during one request (for the overhead metric).
