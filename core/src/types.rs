@@ -187,13 +187,47 @@ impl ChatMessage {
 }
 
 /// Message content: a string or a list of typed parts.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum MessageContent {
     /// Plain text.
     Text(String),
     /// Multi-part content (text, images, audio ...).
     Parts(Vec<ContentPart>),
+}
+
+/// By the JSON type seen, not `#[serde(untagged)]`: that buffers the
+/// value (every part of a multi-part message, images included) into an
+/// intermediate tree and deserializes it again, and its error names no
+/// expected type.
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> serde::de::Visitor<'de> for ContentVisitor {
+            type Value = MessageContent;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(text.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(text))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                parts: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(parts))
+                    .map(MessageContent::Parts)
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
 }
 
 impl MessageContent {
@@ -817,6 +851,48 @@ impl ModelInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_content_is_text_or_parts_and_names_what_it_expected() {
+        let message: ChatMessage = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"},"x":1}]}"#,
+        )
+        .unwrap();
+        let Some(MessageContent::Parts(parts)) = &message.content else {
+            panic!("{message:?}");
+        };
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].text.as_deref(), Some("hi"));
+        assert_eq!(parts[1].kind, "image_url");
+        assert_eq!(
+            parts[1].image_url.as_ref().unwrap()["url"],
+            "data:image/png;base64,AAAA"
+        );
+        assert_eq!(parts[1].extra["x"], 1);
+        let text: ChatMessage =
+            serde_json::from_str(r#"{"role":"user","content":"a \"quoted\" line"}"#).unwrap();
+        assert_eq!(
+            text.content,
+            Some(MessageContent::Text("a \"quoted\" line".into()))
+        );
+        let null: ChatMessage =
+            serde_json::from_str(r#"{"role":"assistant","content":null}"#).unwrap();
+        assert_eq!(null.content, None);
+        let error = serde_json::from_str::<ChatMessage>(r#"{"role":"user","content":5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected a string or an array of content parts"),
+            "{error}"
+        );
+        // Through a `Value` too (the typed paths convert from one).
+        let from_value: MessageContent = serde_json::from_value(serde_json::json!("hi")).unwrap();
+        assert_eq!(from_value, MessageContent::Text("hi".into()));
+        // And back out unchanged.
+        let again: ChatMessage =
+            serde_json::from_value(serde_json::to_value(&message).unwrap()).unwrap();
+        assert_eq!(again, message);
+    }
 
     #[test]
     fn chunks_keep_every_field_without_flatten() {
