@@ -156,7 +156,7 @@ pub fn router(state: AppState) -> Router {
     } else {
         v1
     };
-    let v1 = if state.credentials.client_keys_required() || state.client_limits.rpm().is_some() {
+    let v1 = if client_gate_on(&state) {
         v1.layer(middleware::from_fn_with_state(
             state.clone(),
             require_client_key,
@@ -181,12 +181,27 @@ async fn require_client_key(
     mut request: Request,
     next: Next,
 ) -> Response {
+    match gate_client(&state, &mut request) {
+        Ok(()) => next.run(request).await,
+        Err(response) => response,
+    }
+}
+
+/// Whether the `/v1` client-key layer is on for `state`.
+pub(crate) fn client_gate_on(state: &AppState) -> bool {
+    state.credentials.client_keys_required() || state.client_limits.rpm().is_some()
+}
+
+/// The `/v1` client check: the caller's key, then `client_rpm_limit`
+/// (which also stores the caller's [`ClientId`](crate::limits::ClientId)
+/// for the cache); the error is the 401 or 429 to send.
+#[allow(clippy::result_large_err)]
+pub(crate) fn gate_client<B>(
+    state: &AppState,
+    request: &mut axum::http::Request<B>,
+) -> Result<(), Response> {
     if state.credentials.client_allowed(request.headers()) {
-        // Identifies the caller (for the cache) and applies `client_rpm_limit`.
-        if let Err(response) = crate::limits::admit(&state, &mut request) {
-            return response;
-        }
-        return next.run(request).await;
+        return crate::limits::admit(state, request);
     }
     let error = ApiError::unauthorized(
         "Invalid or missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`.",
@@ -197,7 +212,7 @@ async fn require_client_key(
         error
     };
     let meta = routes::RequestMeta::from_headers(request.headers());
-    routes::with_request_id(error.into_response(), &meta)
+    Err(routes::with_request_id(error.into_response(), &meta))
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {

@@ -29,6 +29,8 @@ use hyper_util::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
+use crate::dispatch::Dispatch;
+
 /// How long a client may pause while sending a request.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientLimits {
@@ -38,12 +40,12 @@ pub(crate) struct ClientLimits {
     pub body_read: Duration,
 }
 
-/// Serves `router` on every connection `listener` accepts until `shutdown`
+/// Serves `dispatch` on every connection `listener` accepts until `shutdown`
 /// completes, then waits for the open connections to finish their
 /// in-flight requests.
 pub(crate) async fn serve<F>(
     listener: TcpListener,
-    router: axum::Router,
+    dispatch: Dispatch,
     limits: ClientLimits,
     shutdown: F,
 ) where
@@ -67,11 +69,9 @@ pub(crate) async fn serve<F>(
             }
         };
         set_nodelay(&connection);
-        let router = router.clone();
+        let dispatch = dispatch.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let request = request.map(|body| PacedBody::new(body, limits.body_read));
-            // A Router is always ready, so it is called without `poll_ready`.
-            tower_service::Service::call(&mut router.clone(), request)
+            dispatch.call(request.map(|body| PacedBody::new(body, limits.body_read)))
         });
         let connection = open.watch(http.serve_connection(TokioIo::new(connection), service));
         tokio::spawn(async move {

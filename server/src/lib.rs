@@ -46,6 +46,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod connections;
+mod dispatch;
 pub mod error;
 pub mod limits;
 pub mod otel;
@@ -201,7 +202,7 @@ impl Gateway {
         };
         let server = connections::serve(
             listener,
-            self.router(),
+            dispatch::Dispatch::new(&self.state, self.router()),
             connections::ClientLimits {
                 header_read: state.server.header_read_timeout,
                 body_read: state.server.body_read_timeout,

@@ -25,7 +25,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::http::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock as _;
@@ -128,7 +128,7 @@ impl ClientLimiter {
 /// `client_rpm_limit`, and stores the [`ClientId`] in the request's
 /// extensions; the error is the 429 to send.
 #[allow(clippy::result_large_err)]
-pub fn admit(state: &AppState, request: &mut Request) -> Result<(), Response> {
+pub fn admit<B>(state: &AppState, request: &mut Request<B>) -> Result<(), Response> {
     let client = state
         .credentials
         .client_key(request.headers())

@@ -1254,3 +1254,90 @@ async fn unchanged_stream_chunks_are_forwarded_as_the_upstreams_bytes() {
         );
     }
 }
+
+/// `POST /v1/chat/completions` skips the router (`dispatch.rs`); served by
+/// the router instead (axum's own server on the same config), every answer
+/// must be the same: status, body and the headers a client reads.
+#[tokio::test]
+async fn the_directly_dispatched_chat_route_answers_as_the_router_does() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n[server]\nmax_body_bytes = 2048\n\n{}",
+        openai_provider("alpha", &up.base_url(), &[("gpt-x", "gpt-x-up")], "")
+    );
+    let direct = gateway(&toml).await;
+    let config = switchyard_server::config::Config::from_toml_str(&toml).unwrap();
+    let routed =
+        switchyard_server::Gateway::with_env(config, std::sync::Arc::new(|_: &str| None)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let routed_base = format!("http://{}", listener.local_addr().unwrap());
+    let router = routed.router();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let cases = [
+        ("answered", chat("gpt-x").to_string()),
+        (
+            "streamed",
+            json!({"model": "gpt-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        ),
+        ("malformed JSON", "{\"model\":".to_owned()),
+        ("no model", json!({"messages": []}).to_string()),
+        (
+            "messages of the wrong type",
+            json!({"model": "gpt-x", "messages": "hi"}).to_string(),
+        ),
+        ("an unknown model", chat("nope").to_string()),
+        (
+            "a body over max_body_bytes",
+            json!({"model": "gpt-x", "messages": [{"role": "user", "content": "x".repeat(4096)}]})
+                .to_string(),
+        ),
+    ];
+    let http = client();
+    let mut statuses = BTreeSet::new();
+    for path in ["/v1/chat/completions", "/v1/chat/completions?api-version=1"] {
+        for (case, body) in &cases {
+            let mut answers = Vec::new();
+            for base in [direct.url(""), routed_base.clone()] {
+                let response = http
+                    .post(format!("{base}{path}"))
+                    .header("content-type", "application/json")
+                    .header("x-request-id", "req-same-id")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let headers: Vec<Option<String>> = [
+                    "content-type",
+                    "x-request-id",
+                    "x-switchyard-provider",
+                    "x-switchyard-model",
+                    "x-switchyard-attempts",
+                ]
+                .iter()
+                .map(|name| {
+                    response
+                        .headers()
+                        .get(*name)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                })
+                .collect();
+                answers.push((status, headers, response.text().await.unwrap()));
+            }
+            assert_eq!(
+                answers[0], answers[1],
+                "{case} on {path}: direct, then routed"
+            );
+            statuses.insert(answers[0].0);
+        }
+    }
+    // The cases reach every outcome they are meant to.
+    assert_eq!(
+        statuses.into_iter().collect::<Vec<_>>(),
+        vec![200, 400, 404, 413]
+    );
+    server.abort();
+    direct.stop().await;
+}

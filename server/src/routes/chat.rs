@@ -26,12 +26,11 @@ use switchyard_core::{
 use tracing::Instrument;
 
 use super::{
-    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options,
-    parse_request_keeping_body, report_usage, request_span, respond, stream_error, success_headers,
-    with_request_id,
+    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_read_body,
+    read_body, report_usage, request_span, respond, stream_error, success_headers, with_request_id,
 };
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Shape};
 use crate::sse::{self, UntilFirstItem};
 
 /// The handler.
@@ -40,15 +39,21 @@ pub async fn handle(
     meta: RequestMeta,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = read_body(body, state.server.max_body_bytes, Shape::OpenAi);
+    answer(state, meta, body).await
+}
+
+/// The handler's work once the body is read: what the router's handler
+/// and the direct dispatch (`dispatch.rs`) both run.
+pub async fn answer(state: AppState, meta: RequestMeta, body: Result<Bytes, ApiError>) -> Response {
     let span = request_span("chat.completions", &meta);
     let response = run(state, &meta, body).instrument(span).await;
     with_request_id(response, &meta)
 }
 
-async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
+async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, ApiError>) -> Response {
     let mut recorder = Recorder::start(&state);
-    let (request, body) = match parse_request_keeping_body(&state, body, |r: &ChatRequest| &r.model)
-    {
+    let (request, body) = match parse_read_body(&state, body, |r: &ChatRequest| &r.model) {
         Ok(parsed) => parsed,
         Err(error) => return fail(recorder, error),
     };

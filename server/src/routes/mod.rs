@@ -116,16 +116,25 @@ pub fn read_body(
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit).with_shape(shape)
-        } else if let Some(stall) = crate::connections::BodyStalled::find(&rejection) {
-            ApiError::body_stalled(stall.0).with_shape(shape)
         } else {
-            ApiError::invalid_request(format!(
-                "Could not read the request body: {}",
-                rejection.body_text()
-            ))
-            .with_shape(shape)
+            unread_body(&rejection, &rejection.body_text(), shape)
         }
     })
+}
+
+/// Why a body could not be read, other than its size: 408 when it stopped
+/// arriving ([`BodyStalled`](crate::connections::BodyStalled) in `error`'s
+/// chain), else 400 saying `what`.
+pub fn unread_body(
+    error: &(dyn std::error::Error + 'static),
+    what: &str,
+    shape: Shape,
+) -> ApiError {
+    match crate::connections::BodyStalled::find(error) {
+        Some(stall) => ApiError::body_stalled(stall.0).with_shape(shape),
+        None => ApiError::invalid_request(format!("Could not read the request body: {what}"))
+            .with_shape(shape),
+    }
 }
 
 /// Parses a JSON body into `T`: malformed JSON and wrong or missing fields
@@ -410,7 +419,18 @@ pub fn parse_request_keeping_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     model_of: impl Fn(&T) -> &str,
 ) -> Result<(T, Bytes), ApiError> {
-    let bytes = read_body(body, state.server.max_body_bytes, Shape::OpenAi)?;
+    let body = read_body(body, state.server.max_body_bytes, Shape::OpenAi);
+    parse_read_body(state, body, model_of)
+}
+
+/// [`parse_request_keeping_body`] of a body already read (or not: its
+/// read error passes through).
+pub fn parse_read_body<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, ApiError>,
+    model_of: impl Fn(&T) -> &str,
+) -> Result<(T, Bytes), ApiError> {
+    let bytes = body?;
     if state.server.log_bodies {
         tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
     }

@@ -1,0 +1,103 @@
+//! Sends `POST /v1/chat/completions` straight to its handler and every other request through the axum router.
+//!
+//! The chat route carries most of a gateway's traffic. Through the router
+//! each of its requests also pays for path matching, the URL-parameter
+//! extension, the boxed route future and the layers wrapped around every
+//! route. The direct path runs what the router runs for this route, in the
+//! same order: the `/v1` client check (key, then `client_rpm_limit`) when
+//! it is on, the body limit (`server.max_body_bytes`, 413), a body that
+//! stopped arriving (408), then the same handler code
+//! ([`routes::chat::answer`]). With the response cache on, the cache's
+//! middleware sits in front of the route, so the chat route goes through
+//! the router like everything else.
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{Method, Request};
+use axum::response::Response;
+use futures_util::future::Either;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::app::{AppState, client_gate_on, gate_client};
+use crate::error::{ApiError, Shape};
+use crate::routes::{self, RequestMeta};
+
+/// The path served directly.
+const CHAT_PATH: &str = "/v1/chat/completions";
+
+/// What a connection calls for each request.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    router: Router,
+    chat: Option<DirectChat>,
+}
+
+#[derive(Clone)]
+struct DirectChat {
+    state: AppState,
+    /// Whether the `/v1` client-key layer is on.
+    gate: bool,
+}
+
+impl Dispatch {
+    /// Dispatch for `state`, whose router is `router`.
+    pub(crate) fn new(state: &AppState, router: Router) -> Self {
+        let chat = (!state.response_cache.is_enabled()).then(|| DirectChat {
+            state: state.clone(),
+            gate: client_gate_on(state),
+        });
+        Self { router, chat }
+    }
+
+    /// The response to `request`.
+    pub(crate) fn call<B>(
+        &self,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response, Infallible>> + Send + 'static + use<B>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        match &self.chat {
+            Some(chat) if request.method() == Method::POST && request.uri().path() == CHAT_PATH => {
+                let chat = chat.clone();
+                Either::Left(async move { Ok(direct_chat(chat, request).await) })
+            }
+            // A Router is always ready, so it is called without `poll_ready`.
+            _ => Either::Right(tower_service::Service::call(
+                &mut self.router.clone(),
+                request,
+            )),
+        }
+    }
+}
+
+async fn direct_chat<B>(chat: DirectChat, mut request: Request<B>) -> Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    if chat.gate {
+        if let Err(refused) = gate_client(&chat.state, &mut request) {
+            return refused;
+        }
+    }
+    let (parts, body) = request.into_parts();
+    let meta = RequestMeta::from_headers(&parts.headers);
+    let limit = chat.state.server.max_body_bytes;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => {
+            Err(ApiError::too_large(limit).with_shape(Shape::OpenAi))
+        }
+        Err(error) => Err(routes::unread_body(
+            &*error,
+            &format!("Failed to buffer the request body: {error}"),
+            Shape::OpenAi,
+        )),
+    };
+    routes::chat::answer(chat.state, meta, body).await
+}
