@@ -8,6 +8,7 @@
 //! [`Severity`]. Raw upstream messages never become labels.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -465,9 +466,9 @@ pub struct AttemptRecord {
     /// 1-based attempt number within the request.
     pub attempt: u32,
     /// Provider id.
-    pub provider_id: String,
+    pub provider_id: Arc<str>,
     /// Client-facing model name of the deployment (may be a fallback).
-    pub model: String,
+    pub model: Arc<str>,
     /// Low-cardinality error kind, or `ok`.
     pub outcome: &'static str,
     /// HTTP status, when the upstream sent one.

@@ -131,6 +131,22 @@ impl Deployment {
         &self.provider_id
     }
 
+    /// [`Self::provider_id`], to share without copying.
+    pub fn provider_id_shared(&self) -> &Arc<str> {
+        &self.provider_id
+    }
+
+    /// [`Self::model`], to share without copying.
+    pub fn model_shared(&self) -> &Arc<str> {
+        &self.model
+    }
+
+    /// The configured upstream name, if one is set (else the upstream name
+    /// is the model, or the requested name for a wildcard deployment).
+    pub fn upstream_name_shared(&self) -> Option<&Arc<str>> {
+        self.upstream_name.as_ref()
+    }
+
     /// The configured model name (`*` for a wildcard deployment).
     pub fn model(&self) -> &str {
         &self.model

@@ -54,7 +54,7 @@ async fn run(
     manager
         .execute_with_failover(FailoverOptions::new(model, RequestType::Chat), |attempt| {
             let mut request = chat(&attempt.upstream_model);
-            request.model = attempt.upstream_model.clone();
+            request.model = attempt.upstream_model.to_string();
             async move {
                 let response = attempt.provider.chat(request, &attempt.ctx).await?;
                 Ok(response.choices[0]
@@ -315,7 +315,11 @@ async fn one_probe_under_concurrent_requests() {
     for task in tasks {
         served.push(task.await.unwrap());
     }
-    assert_eq!(served.iter().filter(|p| *p == "p").count(), 1, "{served:?}");
+    assert_eq!(
+        served.iter().filter(|p| &***p == "p").count(),
+        1,
+        "{served:?}"
+    );
     assert_eq!(p.generation_calls(), 1);
     assert_eq!(fallback.generation_calls(), 9);
     assert_eq!(
@@ -403,7 +407,7 @@ async fn a_transient_error_is_retried_once_on_the_same_deployment() {
         &[("p", &["m"], p.clone()), ("q", &["m"], q.clone())],
     );
     let result = run(&manager, "m").await.unwrap();
-    assert_eq!((result.provider_id.as_str(), result.attempts), ("p", 2));
+    assert_eq!((&*result.provider_id, result.attempts), ("p", 2));
     assert_eq!((p.generation_calls(), q.generation_calls()), (2, 0));
     assert_eq!(
         result.trail.iter().map(|a| a.outcome).collect::<Vec<_>>(),
@@ -418,7 +422,7 @@ async fn a_transient_error_is_retried_once_on_the_same_deployment() {
         &[("p", &["m"], p.clone()), ("q", &["m"], q.clone())],
     );
     let result = run(&manager, "m").await.unwrap();
-    assert_eq!((result.provider_id.as_str(), result.attempts), ("q", 3));
+    assert_eq!((&*result.provider_id, result.attempts), ("q", 3));
     assert_eq!((p.generation_calls(), q.generation_calls()), (2, 1));
 }
 
@@ -505,11 +509,7 @@ async fn context_length_takes_one_attempt_then_the_context_window_fallback() {
         .unwrap();
     let result = run(&manager, "m").await.unwrap();
     assert_eq!(
-        (
-            result.model.as_str(),
-            result.result.as_str(),
-            result.attempts
-        ),
+        (&*result.model, result.result.as_str(), result.attempts),
         ("m-long", "from big", 2)
     );
     assert_eq!(
@@ -540,11 +540,7 @@ async fn fallbacks_answer_when_the_model_is_exhausted_and_the_trail_is_kept() {
     let mut events = manager.events().subscribe();
     let result = run(&manager, "m").await.unwrap();
     assert_eq!(
-        (
-            result.provider_id.as_str(),
-            result.model.as_str(),
-            result.attempts
-        ),
+        (&*result.provider_id, &*result.model, result.attempts),
         ("f", "fb", 2)
     );
     assert_eq!(result.result, "from fallback");
@@ -583,7 +579,7 @@ async fn a_rate_limited_only_deployment_is_waited_for_within_the_cap() {
     let manager = manager_with(options(), &[("p", &["m"], p.clone())]);
     let started = Instant::now();
     let result = run(&manager, "m").await.unwrap();
-    assert_eq!((result.provider_id.as_str(), result.attempts), ("p", 2));
+    assert_eq!((&*result.provider_id, result.attempts), ("p", 2));
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     let calls = p.calls();
     assert_eq!(calls[1].at - calls[0].at, Duration::from_secs(2));
@@ -619,7 +615,7 @@ async fn rate_limits_without_retry_after_back_off_then_fall_back() {
         .unwrap();
     let started = Instant::now();
     let result = run(&manager, "m").await.unwrap();
-    assert_eq!(result.provider_id, "f");
+    assert_eq!(&*result.provider_id, "f");
     let calls = p.calls();
     assert_eq!(calls.len(), 4, "1 + max_retries attempts on the primary");
     let within_3s = calls
@@ -726,7 +722,7 @@ async fn stream_text(manager: &ProviderManager, model: &str) -> (String, String,
     while let Some(item) = result.result.next().await {
         text.push_str(&item.unwrap().text());
     }
-    (result.provider_id, text, result.attempts)
+    (result.provider_id.to_string(), text, result.attempts)
 }
 
 #[tokio::test(start_paused = true)]
@@ -808,7 +804,7 @@ fn attempts_and_switches_are_metrics() {
             );
             for _ in 0..2 {
                 let result = run(&manager, "m").await.unwrap();
-                assert_eq!(result.provider_id, "q");
+                assert_eq!(&*result.provider_id, "q");
             }
         });
     });
@@ -860,7 +856,7 @@ async fn a_failing_deployment_beside_a_healthy_peer_is_degraded_retried_and_fina
     for second in 0..20 {
         let before = bad.generation_calls();
         let result = run(&manager, "m").await.unwrap();
-        assert_eq!(result.provider_id, "good");
+        assert_eq!(&*result.provider_id, "good");
         if bad.generation_calls() > before {
             served_by_bad_attempts.push(second);
         }

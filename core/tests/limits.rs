@@ -33,7 +33,7 @@ async fn run(manager: &ProviderManager) -> Result<FailoverResult<String>, Manage
             if let Some(usage) = &response.usage {
                 attempt.report_usage(usage);
             }
-            Ok(attempt.provider_id.clone())
+            Ok(attempt.provider_id.to_string())
         })
         .await
 }

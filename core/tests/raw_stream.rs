@@ -126,7 +126,7 @@ async fn run(manager: &ProviderManager) -> (String, Vec<Result<String, ProviderE
         .map(|item| item.map(|e| e.event.unwrap_or_default()))
         .collect()
         .await;
-    (result.provider_id, items)
+    (result.provider_id.to_string(), items)
 }
 
 const OK: [&str; 5] = [

@@ -52,7 +52,7 @@ async fn stream(manager: &ProviderManager, include_usage: bool) -> Outcome {
         text: String::new(),
         error: None,
         usage: None,
-        provider: result.provider_id.clone(),
+        provider: result.provider_id.to_string(),
     };
     while let Some(item) = result.result.next().await {
         match item {

@@ -10,7 +10,6 @@
 //! 429 → the deployment cools down, and when nothing else of the model can
 //! serve we wait for the cooldown if it ends within `retry_after_cap`;
 //! anything else → switch. Every retry or switch draws on the retry budget.
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use rand::Rng;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::config::RouteConfig;
@@ -85,11 +85,11 @@ pub struct Attempt {
     /// The adapter to call.
     pub provider: Arc<dyn Provider>,
     /// Its id.
-    pub provider_id: String,
+    pub provider_id: Arc<str>,
     /// Client-facing model of this attempt (the requested one or a fallback).
-    pub model: String,
+    pub model: Arc<str>,
     /// The name to send upstream.
-    pub upstream_model: String,
+    pub upstream_model: Arc<str>,
     /// 1-based attempt number within the request.
     pub attempt_no: u32,
     /// The request's overall deadline.
@@ -136,9 +136,9 @@ pub struct FailoverResult<T> {
     /// What `op` returned.
     pub result: T,
     /// The provider that answered.
-    pub provider_id: String,
+    pub provider_id: Arc<str>,
     /// The model that answered (may be a fallback).
-    pub model: String,
+    pub model: Arc<str>,
     /// Attempts made, the successful one included.
     pub attempts: u32,
     /// Every attempt, the successful one last.
@@ -462,10 +462,12 @@ impl ProviderManager {
         inner.budget.deposit(inner.clock.now_ms());
         inner.counters.request();
 
-        let mut queue: VecDeque<(&str, bool)> = VecDeque::new();
-        queue.push_back((&options.model, false));
-        queue.extend(route.fallbacks.iter().map(|m| (m.as_str(), true)));
-        let mut visited: Vec<&str> = Vec::new();
+        // Models to try, the next one last (a stack: context-window
+        // fallbacks go on top); inline, so a request allocates no queue.
+        let mut queue: SmallVec<[(&str, bool); 4]> = SmallVec::new();
+        queue.extend(route.fallbacks.iter().rev().map(|m| (m.as_str(), true)));
+        queue.push((&options.model, false));
+        let mut visited: SmallVec<[&str; 4]> = SmallVec::new();
         let mut excluded: Vec<Arc<DeploymentState>> = extras.exclude;
         let require_prefill = extras
             .resume
@@ -478,7 +480,7 @@ impl ProviderManager {
         let mut budget_spent = false;
         let mut queued = None;
 
-        'models: while let Some((model, is_fallback)) = queue.pop_front() {
+        'models: while let Some((model, is_fallback)) = queue.pop() {
             if visited.contains(&model) {
                 continue;
             }
@@ -586,9 +588,9 @@ impl ProviderManager {
                 self.note_switch(&mut previous, &handle);
                 let attempt = Attempt {
                     provider: Arc::clone(handle.provider()),
-                    provider_id: handle.provider_id().to_owned(),
-                    model: handle.model().to_owned(),
-                    upstream_model: handle.upstream_model().to_owned(),
+                    provider_id: handle.provider_id_shared(),
+                    model: handle.model_shared(),
+                    upstream_model: handle.upstream_model_shared(),
                     attempt_no,
                     deadline,
                     ctx: base_ctx.clone(),
@@ -602,8 +604,8 @@ impl ProviderManager {
                 let duration = started.elapsed();
                 let record = |outcome: &'static str, status: Option<u16>| AttemptRecord {
                     attempt: attempt_no,
-                    provider_id: handle.provider_id().to_owned(),
-                    model: handle.model().to_owned(),
+                    provider_id: handle.provider_id_shared(),
+                    model: handle.model_shared(),
                     outcome,
                     status,
                     duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
@@ -614,8 +616,8 @@ impl ProviderManager {
                         inner.counters.success();
                         return Ok(FailoverResult {
                             result,
-                            provider_id: handle.provider_id().to_owned(),
-                            model: handle.model().to_owned(),
+                            provider_id: handle.provider_id_shared(),
+                            model: handle.model_shared(),
                             attempts: attempt_no,
                             trail,
                             deployment: Arc::clone(handle.deployment()),
@@ -655,7 +657,7 @@ impl ProviderManager {
                 if error.category() == Some(UpstreamCategory::ContextLength) {
                     excluded.push(state);
                     for fallback in route.context_window_fallbacks.iter().rev() {
-                        queue.push_front((fallback.as_str(), true));
+                        queue.push((fallback.as_str(), true));
                     }
                     last_error = Some(error);
                     continue 'models;
@@ -691,9 +693,9 @@ impl ProviderManager {
                 Ok(handle) => {
                     let attempt = Attempt {
                         provider: Arc::clone(handle.provider()),
-                        provider_id: handle.provider_id().to_owned(),
-                        model: handle.model().to_owned(),
-                        upstream_model: handle.upstream_model().to_owned(),
+                        provider_id: handle.provider_id_shared(),
+                        model: handle.model_shared(),
+                        upstream_model: handle.upstream_model_shared(),
                         attempt_no: 1,
                         deadline,
                         ctx: base_ctx.clone(),
@@ -708,8 +710,8 @@ impl ProviderManager {
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     let mut record = AttemptRecord {
                         attempt: 1,
-                        provider_id: handle.provider_id().to_owned(),
-                        model: handle.model().to_owned(),
+                        provider_id: handle.provider_id_shared(),
+                        model: handle.model_shared(),
                         outcome: "ok",
                         status: None,
                         duration_ms,
@@ -720,8 +722,8 @@ impl ProviderManager {
                             inner.counters.success();
                             return Ok(FailoverResult {
                                 result,
-                                provider_id: handle.provider_id().to_owned(),
-                                model: handle.model().to_owned(),
+                                provider_id: handle.provider_id_shared(),
+                                model: handle.model_shared(),
                                 attempts: 1,
                                 trail,
                                 deployment: Arc::clone(handle.deployment()),
@@ -748,6 +750,8 @@ impl ProviderManager {
                 }
             }
         }
+        // They borrow `options.model`, which the error takes.
+        drop((queue, visited));
         inner.counters.failure();
         let retry_after = self.earliest_cooldown(&options.model);
         Err(ManagerError::Exhausted {

@@ -128,6 +128,28 @@ impl ProviderHandle {
         self.deployment.upstream_for(self.model())
     }
 
+    /// [`Self::provider_id`], shared rather than copied.
+    pub fn provider_id_shared(&self) -> Arc<str> {
+        Arc::clone(self.deployment.provider_id_shared())
+    }
+
+    /// [`Self::model`], shared rather than copied.
+    pub fn model_shared(&self) -> Arc<str> {
+        Arc::clone(
+            self.requested_model
+                .as_ref()
+                .unwrap_or(self.deployment.model_shared()),
+        )
+    }
+
+    /// [`Self::upstream_model`], shared rather than copied.
+    pub fn upstream_model_shared(&self) -> Arc<str> {
+        match self.deployment.upstream_name_shared() {
+            Some(name) => Arc::clone(name),
+            None => self.model_shared(),
+        }
+    }
+
     /// The adapter, for calls the handle does not wrap (use [`Self::begin`]).
     pub fn provider(&self) -> &Arc<dyn Provider> {
         self.deployment.provider()

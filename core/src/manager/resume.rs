@@ -323,7 +323,7 @@ impl ResumingStream {
                     let opened = result.result;
                     self.manager.inner.emit(EventKind::StreamResumed {
                         provider_id: opened.deployment.provider_id().to_owned(),
-                        model: result.model.clone(),
+                        model: result.model.to_string(),
                         mode: mode.as_str().to_owned(),
                         resumed_after_chars: u64::try_from(self.sent_text.chars().count())
                             .unwrap_or(u64::MAX),

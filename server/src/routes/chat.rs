@@ -107,7 +107,8 @@ async fn unary(
                 }
                 _ => {
                     let mut request = request.clone();
-                    request.model.clone_from(&attempt.upstream_model);
+                    request.model.clear();
+                    request.model.push_str(&attempt.upstream_model);
                     request.stream = false;
                     Outgoing::Typed(Box::new(request))
                 }
@@ -183,7 +184,8 @@ async fn stream(
                 None => {
                     let mut request = request.clone();
                     attempt.apply_resume(&mut request);
-                    request.model.clone_from(&attempt.upstream_model);
+                    request.model.clear();
+                    request.model.push_str(&attempt.upstream_model);
                     request.stream = true;
                     request
                         .stream_options
@@ -275,7 +277,7 @@ impl sse::EventWriter for ChatEvents {
                     // the client gets: same model name, one line, and no
                     // `usage` field the client did not ask for.
                     if let Some(data) = chunk.source.bytes() {
-                        if chunk.model == self.answered.model
+                        if *chunk.model == *self.answered.model
                             && memchr::memchr2(b'\n', b'\r', data).is_none()
                             && (self.client_wants_usage || USAGE_KEY.find(data).is_none())
                         {
@@ -283,7 +285,8 @@ impl sse::EventWriter for ChatEvents {
                             return Poll::Ready(true);
                         }
                     }
-                    chunk.model.clone_from(&self.answered.model);
+                    chunk.model.clear();
+                    chunk.model.push_str(&self.answered.model);
                     match sse::put_json_data(out, &chunk) {
                         Ok(()) => return Poll::Ready(true),
                         Err(error) => {

@@ -56,7 +56,8 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
         .manager
         .execute_with_failover(options, |mut attempt| {
             let mut request = request.clone();
-            request.model.clone_from(&attempt.upstream_model);
+            request.model.clear();
+            request.model.push_str(&attempt.upstream_model);
             let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {

@@ -282,7 +282,7 @@ async fn unary(
         recorder.usage(&usage);
     }
     if let Some(object) = body.as_object_mut() {
-        object.insert("model".into(), Value::String(answered.model.clone()));
+        object.insert("model".into(), Value::String(answered.model.to_string()));
     }
     let mut response = Json(body).into_response();
     success_headers(&mut response, &answered);
@@ -360,7 +360,7 @@ async fn stream_messages(
                             Ok(translated_events(
                                 stream,
                                 &attempt.ctx,
-                                attempt.model.clone(),
+                                attempt.model.to_string(),
                             ))
                         }
                         Outgoing::Untranslatable(error) => Err(error.into_provider_error()),
@@ -451,7 +451,10 @@ impl MessageEvents {
                         self.usage.prompt_tokens = usage.prompt_tokens;
                     }
                     if let Some(message) = data.get_mut("message").and_then(Value::as_object_mut) {
-                        message.insert("model".into(), Value::String(self.answered.model.clone()));
+                        message.insert(
+                            "model".into(),
+                            Value::String(self.answered.model.to_string()),
+                        );
                     }
                     sse::put_event(out, event.event.as_deref(), &data.to_string());
                     return;

@@ -375,9 +375,9 @@ pub fn with_request_id(mut response: Response, meta: &RequestMeta) -> Response {
 #[derive(Clone, Debug)]
 pub struct Answered {
     /// Provider id.
-    pub provider_id: String,
+    pub provider_id: Arc<str>,
     /// Client-facing model that answered (may be a fallback).
-    pub model: String,
+    pub model: Arc<str>,
     /// Attempts made.
     pub attempts: u32,
 }
@@ -519,8 +519,8 @@ pub fn success_headers(response: &mut Response, answered: &Answered) {
     static ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
     let headers = response.headers_mut();
     let pairs = [
-        (&PROVIDER, answered.provider_id.as_str()),
-        (&MODEL, answered.model.as_str()),
+        (&PROVIDER, &*answered.provider_id),
+        (&MODEL, &*answered.model),
     ];
     for (name, value) in pairs {
         if let Ok(value) = HeaderValue::from_str(value) {
