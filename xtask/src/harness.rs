@@ -95,9 +95,13 @@ pub fn demo(root: &Path, args: &[String]) -> ExitCode {
     run(root, "demo", args, false)
 }
 
-/// `cargo xtask bench [--micro] [--seconds N] [--providers N]`.
+/// `cargo xtask bench [--micro | --instructions] [--seconds N] [--providers N]`.
 pub fn bench(root: &Path, args: &[String]) -> ExitCode {
-    if let Err(message) = check_flags(args, &["--micro"], &["--seconds", "--providers"]) {
+    if let Err(message) = check_flags(
+        args,
+        &["--micro", "--instructions"],
+        &["--seconds", "--providers"],
+    ) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }

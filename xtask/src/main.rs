@@ -39,6 +39,9 @@ Commands:
             --providers N   providers configured for the model (default 100)
             --micro         run the criterion micro-benchmarks instead (selection
                             per strategy; wire parses per request and chunk)
+            --instructions  count user-space instructions per request under
+                            callgrind instead (nginx, hyper floor, switchyard;
+                            plain and stream; installs valgrind if missing)
   demo    Start the gateway on its embedded default, make one mock provider
           fail and recover through the admin API, and narrate the routing,
           failover, events and load stats (under a minute).

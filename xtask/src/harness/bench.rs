@@ -56,7 +56,7 @@ fn sse_body() -> String {
 }
 
 /// The do-nothing upstream: fixed bytes, keep-alive, no parsing beyond framing.
-async fn mock_upstream() -> std::io::Result<u16> {
+pub(crate) async fn mock_upstream() -> std::io::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let plain = format!(
@@ -120,7 +120,7 @@ async fn mock_upstream() -> std::io::Result<u16> {
     Ok(port)
 }
 
-fn run_quiet(program: &str, args: &[&str]) -> bool {
+pub(crate) fn run_quiet(program: &str, args: &[&str]) -> bool {
     std::process::Command::new(program)
         .args(args)
         .stdout(Stdio::null())
@@ -129,7 +129,7 @@ fn run_quiet(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     run_quiet("sh", &["-c", &format!("command -v {program}")])
 }
 
@@ -149,6 +149,19 @@ fn ensure_tools() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `program args` pinned to `cpu`, or run under `wrapper` (a command
+/// prefix such as callgrind's) when one is given.
+pub(crate) fn launch(cpu: &str, wrapper: &[String], program: &Path, args: &[String]) -> Command {
+    match wrapper.split_first() {
+        Some((tool, tool_args)) => {
+            let mut command = Command::new(tool);
+            command.args(tool_args).arg(program).args(args);
+            command
+        }
+        None => pinned(cpu, program, args),
+    }
 }
 
 fn pinned(cpu: &str, program: &Path, args: &[String]) -> Command {
@@ -274,12 +287,17 @@ async fn wrk(
     Ok((rps, percentile("50%"), percentile("99%"), errors))
 }
 
-fn lua_script(dir: &Path, stream: bool) -> Result<PathBuf, String> {
-    let body = if stream {
+/// The chat request every bench client sends.
+pub(crate) fn request_body(stream: bool) -> &'static str {
+    if stream {
         r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
     } else {
         r#"{"model":"bench","messages":[{"role":"user","content":"hi"}]}"#
-    };
+    }
+}
+
+fn lua_script(dir: &Path, stream: bool) -> Result<PathBuf, String> {
+    let body = request_body(stream);
     let path = dir.join(if stream { "stream.lua" } else { "plain.lua" });
     let script = format!(
         "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{body}'\n"
@@ -288,9 +306,10 @@ fn lua_script(dir: &Path, stream: bool) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-struct Proxy {
-    child: Child,
-    url: String,
+/// A proxy under test, stopped when dropped.
+pub(crate) struct Proxy {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Drop for Proxy {
@@ -301,7 +320,8 @@ impl Drop for Proxy {
 
 async fn wait_ready(url: &str) -> Result<(), String> {
     let client = reqwest::Client::new();
-    for _ in 0..300 {
+    // A minute: under callgrind a proxy starts some fifty times slower.
+    for _ in 0..600 {
         if client.get(url).send().await.is_ok() {
             return Ok(());
         }
@@ -310,7 +330,11 @@ async fn wait_ready(url: &str) -> Result<(), String> {
     Err(format!("{url} did not come up"))
 }
 
-async fn start_nginx(dir: &Path, upstream_port: u16) -> Result<Proxy, String> {
+pub(crate) async fn start_nginx(
+    dir: &Path,
+    upstream_port: u16,
+    wrapper: &[String],
+) -> Result<Proxy, String> {
     let port = free_port()?;
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
@@ -339,7 +363,7 @@ async fn start_nginx(dir: &Path, upstream_port: u16) -> Result<Proxy, String> {
         "-c".to_owned(),
         conf_path.display().to_string(),
     ];
-    let child = pinned("0", &nginx, &args)
+    let child = launch("0", wrapper, &nginx, &args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -350,7 +374,10 @@ async fn start_nginx(dir: &Path, upstream_port: u16) -> Result<Proxy, String> {
     Ok(Proxy { child, url })
 }
 
-async fn start_hyper_floor(upstream_port: u16) -> Result<Proxy, String> {
+pub(crate) async fn start_hyper_floor(
+    upstream_port: u16,
+    wrapper: &[String],
+) -> Result<Proxy, String> {
     let port = free_port()?;
     let harness =
         std::env::current_exe().map_err(|e| format!("cannot find the harness binary: {e}"))?;
@@ -359,7 +386,7 @@ async fn start_hyper_floor(upstream_port: u16) -> Result<Proxy, String> {
         port.to_string(),
         upstream_port.to_string(),
     ];
-    let child = pinned("0", &harness, &args)
+    let child = launch("0", wrapper, &harness, &args)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -369,11 +396,12 @@ async fn start_hyper_floor(upstream_port: u16) -> Result<Proxy, String> {
     Ok(Proxy { child, url })
 }
 
-async fn start_switchyard(
+pub(crate) async fn start_switchyard(
     dir: &Path,
     server: &Path,
     upstream_port: u16,
     providers: usize,
+    wrapper: &[String],
 ) -> Result<Proxy, String> {
     let port = free_port()?;
     let mut config = format!(
@@ -393,7 +421,7 @@ async fn start_switchyard(
         path.display().to_string(),
     ];
     let log = std::fs::File::create(dir.join("bench-switchyard.log")).map_err(|e| e.to_string())?;
-    let child = pinned("0", server, &args)
+    let child = launch("0", wrapper, server, &args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -457,9 +485,9 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
         .await
         .map_err(|e| format!("mock upstream: {e}"))?;
     let direct_url = format!("http://127.0.0.1:{upstream_port}");
-    let nginx = start_nginx(&dir, upstream_port).await?;
-    let floor = start_hyper_floor(upstream_port).await?;
-    let gateway = start_switchyard(&dir, server, upstream_port, options.providers).await?;
+    let nginx = start_nginx(&dir, upstream_port, &[]).await?;
+    let floor = start_hyper_floor(upstream_port, &[]).await?;
+    let gateway = start_switchyard(&dir, server, upstream_port, options.providers, &[]).await?;
     let targets: [(&'static str, &str, Option<u32>); 4] = [
         ("direct", &direct_url, None),
         ("nginx", &nginx.url, nginx.child.id()),

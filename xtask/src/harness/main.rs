@@ -10,6 +10,7 @@ mod chaos;
 mod demo;
 mod floor;
 mod gateway;
+mod instructions;
 mod upstream;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         };
     }
     let mut quick = false;
+    let mut instructions = false;
     let mut seconds = 10;
     let mut providers = 100;
     let mut only = None;
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--instructions" => instructions = true,
             "--only" => {
                 only = rest.next().map(|list| {
                     list.split(',')
@@ -105,6 +108,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        "bench" if instructions => {
+            match runtime.block_on(instructions::run(&root, &server, providers)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("bench --instructions: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "bench" => {
             let options = bench::Options { seconds, providers };
             match runtime.block_on(bench::run(&root, &server, options)) {
