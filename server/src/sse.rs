@@ -57,6 +57,16 @@ pub fn put_data(out: &mut BytesMut, data: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// [`put_data`] of data that is `parts` joined.
+pub fn put_data_parts(out: &mut BytesMut, parts: &[&[u8]]) {
+    out.reserve(parts.iter().map(|part| part.len()).sum::<usize>() + 8);
+    out.extend_from_slice(b"data: ");
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Events ready together go out as one body frame, up to this size: each
 /// frame costs a chunk header and a trip through the body layers, and one
 /// upstream read usually holds several events.

@@ -1204,7 +1204,7 @@ async fn a_stream_cut_after_content_is_resumed_on_another_deployment() {
 }
 
 #[tokio::test]
-async fn unchanged_stream_chunks_are_forwarded_as_the_upstreams_bytes() {
+async fn stream_chunks_go_out_as_the_upstreams_bytes_relabelled_and_without_unasked_usage() {
     let (_up, gw) = alpha_gateway(&[("same-name", "same-name"), ("alias", "upstream-name")]).await;
     let http = reqwest::Client::new();
     let stream = |model: &str, usage: bool| {
@@ -1228,30 +1228,39 @@ async fn unchanged_stream_chunks_are_forwarded_as_the_upstreams_bytes() {
         }
     };
     // The fake upstream writes its JSON with sorted keys (`choices`
-    // first); the gateway's own serialisation starts with `id`.
-    for usage in [false, true] {
-        let data = stream("same-name", usage).await;
-        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-        let chunks = &data[..data.len() - 1];
-        assert!(
-            chunks.iter().all(|d| d.starts_with("{\"choices\":")),
-            "forwarded as sent: {data:?}"
-        );
-        let usage_chunks = chunks
-            .iter()
-            .filter(|d| serde_json::from_str::<Value>(d).unwrap()["usage"].is_object())
-            .count();
-        assert_eq!(usage_chunks, usize::from(usage));
-    }
-    // A relabelled model is serialised again, with the client's name.
-    let data = stream("alias", false).await;
-    let chunks = &data[..data.len() - 1];
-    assert!(chunks.iter().all(|d| d.starts_with("{\"id\":")), "{data:?}");
-    for chunk in chunks {
-        assert_eq!(
-            serde_json::from_str::<Value>(chunk).unwrap()["model"],
-            "alias"
-        );
+    // first) and, asked for usage as OpenAI is, ends every chunk but the
+    // usage one with `,"usage":null}`; the gateway's own serialisation
+    // starts with `id`. Relabelled or not, with or without usage, chunks
+    // go out as the upstream's bytes, edited.
+    for (model, upstream_model) in [("same-name", "same-name"), ("alias", "upstream-name")] {
+        for usage in [false, true] {
+            let data = stream(model, usage).await;
+            assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+            let chunks = &data[..data.len() - 1];
+            assert!(chunks.len() >= 3, "{data:?}");
+            for chunk in chunks {
+                assert!(
+                    chunk.starts_with("{\"choices\":"),
+                    "forwarded as sent: {data:?}"
+                );
+                let value: Value = serde_json::from_str(chunk).unwrap();
+                assert_eq!(value["model"], model, "{chunk}");
+                assert!(!chunk.contains(upstream_model) || model == upstream_model);
+                // `usage` only when asked for: null on content chunks (as
+                // OpenAI sends it) and counts on the last.
+                let usage_member = value.as_object().unwrap().get("usage");
+                if usage {
+                    assert!(usage_member.is_some(), "{chunk}");
+                } else {
+                    assert!(usage_member.is_none(), "{chunk}");
+                }
+            }
+            let usage_chunks = chunks
+                .iter()
+                .filter(|d| serde_json::from_str::<Value>(d).unwrap()["usage"].is_object())
+                .count();
+            assert_eq!(usage_chunks, usize::from(usage), "{data:?}");
+        }
     }
 }
 

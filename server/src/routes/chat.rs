@@ -222,13 +222,7 @@ async fn stream(
             let (stream, answered) = Answered::split(result);
             recorder.answered_by(&answered.provider_id, &answered.model, pricing);
             recorder.first_token();
-            let events = ChatEvents {
-                stream,
-                answered: answered.clone(),
-                client_wants_usage,
-                recorder: Some(recorder),
-                finished: false,
-            };
+            let events = ChatEvents::new(stream, answered.clone(), client_wants_usage, recorder);
             let mut response = sse::response(sse::Frames::new(events));
             success_headers(&mut response, &answered);
             response
@@ -246,9 +240,69 @@ struct ChatEvents {
     /// Dropped with the stream when the client goes away: recorded `cancelled`.
     recorder: Option<Recorder>,
     finished: bool,
+    /// `answered.model` as a JSON string, to splice into chunks.
+    quoted_model: Vec<u8>,
 }
 
 impl ChatEvents {
+    fn new(
+        stream: ManagedStream,
+        answered: Answered,
+        client_wants_usage: bool,
+        recorder: Recorder,
+    ) -> Self {
+        // Serialising a &str into a Vec cannot fail.
+        let quoted_model =
+            serde_json::to_vec(&*answered.model).unwrap_or_else(|_| b"\"\"".to_vec());
+        Self {
+            stream,
+            answered,
+            client_wants_usage,
+            recorder: Some(recorder),
+            finished: false,
+            quoted_model,
+        }
+    }
+
+    /// Writes a chunk as the upstream's event data when that takes only
+    /// byte edits: `model` swapped for the client-facing name (upstreams
+    /// answer with their own, often dated, name) and a null `usage` the
+    /// client did not ask for cut out. `false`: the chunk must be
+    /// serialised.
+    fn put_upstream_bytes(&self, out: &mut BytesMut, data: &[u8], model: &str) -> bool {
+        if memchr::memchr2(b'\n', b'\r', data).is_some() {
+            return false;
+        }
+        // Asked for usage (by the gateway, not the client), OpenAI ends
+        // every other chunk with `,"usage":null}`. Ending the document,
+        // that member is the top-level one, so it can be cut out.
+        let (kept, close): (&[u8], &[u8]) =
+            if self.client_wants_usage || USAGE_KEY.find(data).is_none() {
+                (data, b"")
+            } else {
+                match data.strip_suffix(NULL_USAGE_TAIL) {
+                    Some(kept) => (kept, b"}"),
+                    None => return false,
+                }
+            };
+        if model == &*self.answered.model {
+            if close.is_empty() {
+                sse::put_data(out, kept);
+            } else {
+                sse::put_data_parts(out, &[kept, close]);
+            }
+            return true;
+        }
+        let Some(span) = json::parsed_model_span(data, model) else {
+            return false;
+        };
+        let (Some(before), Some(after)) = (kept.get(..span.start), kept.get(span.end..)) else {
+            return false;
+        };
+        sse::put_data_parts(out, &[before, &self.quoted_model, after, close]);
+        true
+    }
+
     fn finish(&mut self, status: &str) {
         self.finished = true;
         if let Some(recorder) = self.recorder.take() {
@@ -273,15 +327,10 @@ impl sse::EventWriter for ChatEvents {
                     {
                         continue;
                     }
-                    // The upstream's own bytes when they are already what
-                    // the client gets: same model name, one line, and no
-                    // `usage` field the client did not ask for.
+                    // The upstream's own bytes, edited where needed, rather
+                    // than the chunk serialised again.
                     if let Some(data) = chunk.source.bytes() {
-                        if *chunk.model == *self.answered.model
-                            && memchr::memchr2(b'\n', b'\r', data).is_none()
-                            && (self.client_wants_usage || USAGE_KEY.find(data).is_none())
-                        {
-                            sse::put_data(out, data);
+                        if self.put_upstream_bytes(out, data, &chunk.model) {
                             return Poll::Ready(true);
                         }
                     }
@@ -322,6 +371,9 @@ impl sse::EventWriter for ChatEvents {
         }
     }
 }
+
+/// How chunk data ends when its last top-level member is a null `usage`.
+const NULL_USAGE_TAIL: &[u8] = b",\"usage\":null}";
 
 /// Finds a `"usage"` key in chunk data (the searcher is built once).
 static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =

@@ -285,11 +285,17 @@ async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, bytes: Bytes)
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
+    // As OpenAI does, every chunk carries `"usage": null` when usage was
+    // asked for (serialised last: `json!` objects keep keys sorted).
     let chunk = |delta: Value, finish: Option<&str>| {
-        json!({
+        let mut chunk = json!({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        })
+        });
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
     };
     let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
     match model.as_str() {
