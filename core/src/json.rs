@@ -137,6 +137,57 @@ pub fn stream_with_model(body: &Bytes, span: &Range<usize>, model: &str) -> Opti
     Some(out.freeze())
 }
 
+/// The byte range of the `"usage": null` member of a JSON object known
+/// to have one at its top level ([`crate::ChunkSource::has_null_usage`]),
+/// with the comma before it, to cut out of stream chunk data. Found by a
+/// byte search: in valid JSON a `"usage"` token followed by a colon is a
+/// key, and when the body has just one such key (and no `\u` escapes that
+/// could spell another), it is the top-level one. `None` when that does
+/// not hold or the member is the object's first; callers then serialise.
+pub fn null_usage_member(body: &[u8]) -> Option<Range<usize>> {
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    if UNICODE_ESCAPE.find(body).is_some() {
+        return None;
+    }
+    let after_space = |mut at: usize| {
+        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        at
+    };
+    let mut member = None;
+    for at in KEY.find_iter(body) {
+        // `\"usage"` closes a string that holds `"usage`.
+        if at > 0 && body.get(at - 1) == Some(&b'\\') {
+            return None;
+        }
+        let colon = after_space(at + KEY.needle().len());
+        if body.get(colon) != Some(&b':') {
+            continue; // the value "usage", not a key
+        }
+        if member.is_some() {
+            return None; // a nested `usage` too
+        }
+        let value = after_space(colon + 1);
+        let next = after_space(value + 4);
+        if body.get(value..value + 4) != Some(b"null")
+            || !matches!(body.get(next), Some(b',' | b'}'))
+        {
+            return None;
+        }
+        let comma = body
+            .get(..at)?
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())?;
+        if body.get(comma) != Some(&b',') {
+            return None;
+        }
+        member = Some(comma..value + 4);
+    }
+    member
+}
+
 /// A chat completion answered as the upstream's bytes (OpenAI format).
 #[derive(Clone, Debug)]
 pub struct RawChatResponse {
@@ -215,6 +266,44 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    #[test]
+    fn a_lone_null_usage_member_is_found_with_its_comma_wherever_it_sits() {
+        let cut = |body: &str| {
+            null_usage_member(body.as_bytes()).map(|range| {
+                let mut out = body.to_owned();
+                out.replace_range(range, "");
+                out
+            })
+        };
+        // Last, between members, spaced out; a string that merely says
+        // "usage" is no key.
+        assert_eq!(
+            cut(r#"{"choices":[],"usage":null}"#).as_deref(),
+            Some(r#"{"choices":[]}"#)
+        );
+        assert_eq!(
+            cut(r#"{"model":"m","usage":null,"obfuscation":"x"}"#).as_deref(),
+            Some(r#"{"model":"m","obfuscation":"x"}"#)
+        );
+        assert_eq!(
+            cut("{\"a\":\"usage\" ,\n \"usage\" :\tnull }").as_deref(),
+            Some("{\"a\":\"usage\"  }")
+        );
+        // Not cut: a second `usage` key (which is the top-level one is then
+        // unknown), the member first, a value that is not null, a `\u`
+        // escape anywhere, a key ending in an escaped quote.
+        for body in [
+            r#"{"choices":[{"usage":null}],"usage":null}"#,
+            r#"{"usage":null,"choices":[]}"#,
+            r#"{"choices":[],"usage":nullx}"#,
+            r#"{"choices":[],"usage":{"total_tokens":3}}"#,
+            r#"{"content":"\u00e9","usage":null}"#,
+            r#"{"x\"usage":1,"usage":null}"#,
+        ] {
+            assert_eq!(cut(body), None, "{body}");
+        }
+    }
 
     #[test]
     fn bytes_parse_as_json_and_invalid_utf8_is_an_error_at_its_position() {

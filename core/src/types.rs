@@ -451,7 +451,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// chunks are parsed once per streamed token (three nested levels of it
 /// were most of a stream's parsing cost).
 macro_rules! deserialize_with_extra {
-    ($ty:ident, $expecting:literal, $init:expr, { $($name:literal => $field:ident),* $(,)? } $(, then $finish:path)?) => {
+    ($ty:ident, $expecting:literal, $init:expr, { $($name:literal => $field:ident $(then $after:path)?),* $(,)? } $(, then $finish:path)?) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct FieldsVisitor;
@@ -467,7 +467,10 @@ macro_rules! deserialize_with_extra {
                         let mut out: $ty = $init;
                         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                             match key.as_ref() {
-                                $($name => out.$field = map.next_value()?,)*
+                                $($name => {
+                                    out.$field = map.next_value()?;
+                                    $($after(&mut out);)?
+                                })*
                                 _ => {
                                     let value: Value = map.next_value()?;
                                     out.extra.insert(key.into_owned(), value);
@@ -530,22 +533,42 @@ pub struct ChatChunk {
 /// The upstream bytes of a [`ChatChunk`]. It plays no part in equality:
 /// two chunks with the same fields are equal wherever they came from.
 #[derive(Clone, Default)]
-pub struct ChunkSource(Option<bytes::Bytes>);
+pub struct ChunkSource {
+    data: Option<bytes::Bytes>,
+    /// The parse met a top-level `"usage": null`.
+    null_usage: bool,
+}
 
 impl ChunkSource {
     /// The data of the event the chunk was parsed from.
     pub fn new(data: bytes::Bytes) -> Self {
-        Self(Some(data))
+        Self {
+            data: Some(data),
+            null_usage: false,
+        }
+    }
+
+    /// Attaches the data the chunk was just parsed from, keeping what the
+    /// parse noted about it.
+    pub fn attach(&mut self, data: bytes::Bytes) {
+        self.data = Some(data);
     }
 
     /// The bytes, while the chunk is unchanged.
     pub fn bytes(&self) -> Option<&bytes::Bytes> {
-        self.0.as_ref()
+        self.data.as_ref()
+    }
+
+    /// Whether the chunk was parsed from an object with a top-level
+    /// `usage` member whose value is `null` (OpenAI sends one on every
+    /// chunk but the last once asked for usage).
+    pub fn has_null_usage(&self) -> bool {
+        self.null_usage
     }
 
     /// Forgets the bytes: the chunk no longer matches them.
     pub fn clear(&mut self) {
-        self.0 = None;
+        *self = Self::default();
     }
 }
 
@@ -557,7 +580,7 @@ impl PartialEq for ChunkSource {
 
 impl fmt::Debug for ChunkSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match &self.data {
             Some(bytes) => write!(f, "ChunkSource({} bytes)", bytes.len()),
             None => f.write_str("ChunkSource(none)"),
         }
@@ -620,10 +643,18 @@ deserialize_with_extra!(
         "created" => created,
         "model" => model,
         "choices" => choices,
-        "usage" => usage,
+        "usage" => usage then note_null_usage,
     },
     then fill_chunk_object
 );
+
+/// Run when a chunk names `usage`: a null one is noted in its source, so a
+/// writer can cut the member out of the bytes (see [`ChunkSource::has_null_usage`]).
+fn note_null_usage(chunk: &mut ChatChunk) {
+    if chunk.usage.is_none() {
+        chunk.source.null_usage = true;
+    }
+}
 
 /// One choice of a streamed chunk.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -17,9 +17,9 @@ use serde_json::Value;
 use switchyard_core::config::{HealthCheckMode, NamedHealthCheck};
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
-    CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream, ChunkSource,
-    CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse, ModelInfo,
-    Provider, ProviderError, RawChatResponse, Secret, StreamOptions, TimeoutPhase,
+    CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest,
+    CompletionResponse, EmbeddingsRequest, EmbeddingsResponse, ModelInfo, Provider, ProviderError,
+    RawChatResponse, Secret, StreamOptions, TimeoutPhase,
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
@@ -178,7 +178,7 @@ impl ChunkReader {
                     self.count(&chunk);
                     // The data itself goes along: unchanged chunks are
                     // written out as these bytes, not serialised again.
-                    chunk.source = ChunkSource::new(event.data.into_bytes());
+                    chunk.source.attach(event.data.into_bytes());
                     return Some(Ok(chunk));
                 }
             }

@@ -1205,7 +1205,12 @@ async fn a_stream_cut_after_content_is_resumed_on_another_deployment() {
 
 #[tokio::test]
 async fn stream_chunks_go_out_as_the_upstreams_bytes_relabelled_and_without_unasked_usage() {
-    let (_up, gw) = alpha_gateway(&[("same-name", "same-name"), ("alias", "upstream-name")]).await;
+    let (_up, gw) = alpha_gateway(&[
+        ("same-name", "same-name"),
+        ("alias", "upstream-name"),
+        ("padded", "padded-upstream"),
+    ])
+    .await;
     let http = reqwest::Client::new();
     let stream = |model: &str, usage: bool| {
         let mut request = chat(model);
@@ -1230,9 +1235,14 @@ async fn stream_chunks_go_out_as_the_upstreams_bytes_relabelled_and_without_unas
     // The fake upstream writes its JSON with sorted keys (`choices`
     // first) and, asked for usage as OpenAI is, ends every chunk but the
     // usage one with `,"usage":null}`; the gateway's own serialisation
-    // starts with `id`. Relabelled or not, with or without usage, chunks
-    // go out as the upstream's bytes, edited.
-    for (model, upstream_model) in [("same-name", "same-name"), ("alias", "upstream-name")] {
+    // starts with `id`. Relabelled or not, with or without usage, with
+    // `usage` last or followed by another member, chunks go out as the
+    // upstream's bytes, edited.
+    for (model, upstream_model) in [
+        ("same-name", "same-name"),
+        ("alias", "upstream-name"),
+        ("padded", "padded-upstream"),
+    ] {
         for usage in [false, true] {
             let data = stream(model, usage).await;
             assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
@@ -1245,6 +1255,9 @@ async fn stream_chunks_go_out_as_the_upstreams_bytes_relabelled_and_without_unas
                 );
                 let value: Value = serde_json::from_str(chunk).unwrap();
                 assert_eq!(value["model"], model, "{chunk}");
+                if model == "padded" && !value["usage"].is_object() {
+                    assert_eq!(value["x_padding"], "pad", "{chunk}");
+                }
                 assert!(!chunk.contains(upstream_model) || model == upstream_model);
                 // `usage` only when asked for: null on content chunks (as
                 // OpenAI sends it) and counts on the last.

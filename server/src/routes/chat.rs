@@ -267,39 +267,81 @@ impl ChatEvents {
     /// Writes a chunk as the upstream's event data when that takes only
     /// byte edits: `model` swapped for the client-facing name (upstreams
     /// answer with their own, often dated, name) and a null `usage` the
-    /// client did not ask for cut out. `false`: the chunk must be
-    /// serialised.
-    fn put_upstream_bytes(&self, out: &mut BytesMut, data: &[u8], model: &str) -> bool {
+    /// client did not ask for cut out (`null_usage`: the parse met one at
+    /// the top level). `false`: the chunk must be serialised.
+    fn put_upstream_bytes(
+        &self,
+        out: &mut BytesMut,
+        data: &[u8],
+        model: &str,
+        null_usage: bool,
+    ) -> bool {
         if memchr::memchr2(b'\n', b'\r', data).is_some() {
             return false;
         }
-        // Asked for usage (by the gateway, not the client), OpenAI ends
-        // every other chunk with `,"usage":null}`. Ending the document,
-        // that member is the top-level one, so it can be cut out.
-        let (kept, close): (&[u8], &[u8]) =
-            if self.client_wants_usage || USAGE_KEY.find(data).is_none() {
-                (data, b"")
-            } else {
-                match data.strip_suffix(NULL_USAGE_TAIL) {
-                    Some(kept) => (kept, b"}"),
-                    None => return false,
-                }
-            };
-        if model == &*self.answered.model {
-            if close.is_empty() {
-                sse::put_data(out, kept);
-            } else {
-                sse::put_data_parts(out, &[kept, close]);
+        // OpenAI, asked for usage (by the gateway, not the client), sends a
+        // null `usage` on every chunk but the last. Where it ends the
+        // document, it is the top-level member without a parse.
+        let cut = if self.client_wants_usage || USAGE_KEY.find(data).is_none() {
+            None
+        } else if !null_usage {
+            return false;
+        } else if data.ends_with(NULL_USAGE_TAIL) {
+            let close = data.len() - 1;
+            Some(close + 1 - NULL_USAGE_TAIL.len()..close)
+        } else {
+            match json::null_usage_member(data) {
+                Some(member) => Some(member),
+                None => return false,
             }
-            return true;
+        };
+        let rename = if model == &*self.answered.model {
+            None
+        } else {
+            match json::parsed_model_span(data, model) {
+                Some(span) => Some(span),
+                None => return false,
+            }
+        };
+        let empty: &[u8] = b"";
+        let quoted: &[u8] = &self.quoted_model;
+        // The edits in the order they sit: (range, replacement).
+        let (first, second) = match (rename, cut) {
+            (None, None) => {
+                sse::put_data(out, data);
+                return true;
+            }
+            (Some(span), None) => ((span, quoted), None),
+            (None, Some(member)) => ((member, empty), None),
+            (Some(span), Some(member)) if span.end <= member.start => {
+                ((span, quoted), Some((member, empty)))
+            }
+            (Some(span), Some(member)) if member.end <= span.start => {
+                ((member, empty), Some((span, quoted)))
+            }
+            (Some(_), Some(_)) => return false,
+        };
+        let (first_range, first_with) = first;
+        let Some(head) = data.get(..first_range.start) else {
+            return false;
+        };
+        match second {
+            None => {
+                let Some(tail) = data.get(first_range.end..) else {
+                    return false;
+                };
+                sse::put_data_parts(out, &[head, first_with, tail]);
+            }
+            Some((second_range, second_with)) => {
+                let (Some(middle), Some(tail)) = (
+                    data.get(first_range.end..second_range.start),
+                    data.get(second_range.end..),
+                ) else {
+                    return false;
+                };
+                sse::put_data_parts(out, &[head, first_with, middle, second_with, tail]);
+            }
         }
-        let Some(span) = json::parsed_model_span(data, model) else {
-            return false;
-        };
-        let (Some(before), Some(after)) = (kept.get(..span.start), kept.get(span.end..)) else {
-            return false;
-        };
-        sse::put_data_parts(out, &[before, &self.quoted_model, after, close]);
         true
     }
 
@@ -330,7 +372,8 @@ impl sse::EventWriter for ChatEvents {
                     // The upstream's own bytes, edited where needed, rather
                     // than the chunk serialised again.
                     if let Some(data) = chunk.source.bytes() {
-                        if self.put_upstream_bytes(out, data, &chunk.model) {
+                        let null_usage = chunk.source.has_null_usage();
+                        if self.put_upstream_bytes(out, data, &chunk.model, null_usage) {
                             return Poll::Ready(true);
                         }
                     }

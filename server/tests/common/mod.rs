@@ -295,6 +295,10 @@ async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, bytes: Bytes)
         if include_usage {
             chunk["usage"] = Value::Null;
         }
+        // A member after `usage`, as OpenAI's `obfuscation` comes after it.
+        if model.contains("padded") {
+            chunk["x_padding"] = json!("pad");
+        }
         chunk
     };
     let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
