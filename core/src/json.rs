@@ -49,44 +49,52 @@ pub fn parsed_model_span(body: &[u8], model: &str) -> Option<Range<usize>> {
 }
 
 /// The byte search of [`parsed_model_span`], `None` unless unambiguous.
-/// It relies on `body` being valid JSON: a `"model"` token followed by a
-/// colon is then a key, and without `\u` escapes no other spelling of
-/// that key exists.
 fn literal_model_span(body: &[u8], model: &str) -> Option<Range<usize>> {
     // Built once: building a searcher cost more than the search.
     static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
-    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
-    if UNICODE_ESCAPE.find(body).is_some() {
-        return None;
-    }
-    let skip_space = |mut at: usize| {
-        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
-        at
-    };
-    let mut value_at = None;
-    for at in KEY.find_iter(body) {
-        // `\"model"` closes a string that holds `"model`: a key may end so.
-        if at > 0 && body.get(at - 1) == Some(&b'\\') {
-            return None;
-        }
-        let colon = skip_space(at + KEY.needle().len());
-        if body.get(colon) != Some(&b':') {
-            continue; // the value "model", not a key
-        }
-        if value_at.is_some() {
-            return None; // nested objects with `model` keys: parse
-        }
-        value_at = Some(skip_space(colon + 1));
-    }
-    let start = value_at?;
+    let (_, start) = lone_key(body, &KEY)?;
     let end = start.checked_add(model.len())?.checked_add(2)?;
     let quoted = body.get(start..end)?;
     let spelled = quoted.first() == Some(&b'"')
         && quoted.last() == Some(&b'"')
         && quoted.get(1..quoted.len() - 1) == Some(model.as_bytes());
     spelled.then_some(start..end)
+}
+
+/// Where the one `key` (a searcher for the key with its quotes) of `body`
+/// starts and where its value starts. It relies on `body` being valid
+/// JSON: a key token followed by a colon is then a key, and without `\u`
+/// escapes no other spelling of it exists. `None` when the body has such
+/// escapes, the key more than once (nested objects), or a token that
+/// could close a string (`\"key"`): callers then parse.
+fn lone_key(body: &[u8], key: &Finder<'_>) -> Option<(usize, usize)> {
+    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    if UNICODE_ESCAPE.find(body).is_some() {
+        return None;
+    }
+    let mut found = None;
+    for at in key.find_iter(body) {
+        if at > 0 && body.get(at - 1) == Some(&b'\\') {
+            return None;
+        }
+        let colon = after_space(body, at + key.needle().len());
+        if body.get(colon) != Some(&b':') {
+            continue; // a string value that spells the key
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some((at, after_space(body, colon + 1)));
+    }
+    found
+}
+
+/// The first position from `at` that is not JSON whitespace.
+fn after_space(body: &[u8], mut at: usize) -> usize {
+    while body.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
 }
 
 /// Where `value`, a string borrowed from `body`, sits in it (quotes included).
@@ -146,46 +154,16 @@ pub fn stream_with_model(body: &Bytes, span: &Range<usize>, model: &str) -> Opti
 /// not hold or the member is the object's first; callers then serialise.
 pub fn null_usage_member(body: &[u8]) -> Option<Range<usize>> {
     static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-    static UNICODE_ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
-    if UNICODE_ESCAPE.find(body).is_some() {
+    let (key_at, value) = lone_key(body, &KEY)?;
+    let next = after_space(body, value + 4);
+    if body.get(value..value + 4) != Some(b"null") || !matches!(body.get(next), Some(b',' | b'}')) {
         return None;
     }
-    let after_space = |mut at: usize| {
-        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
-        at
-    };
-    let mut member = None;
-    for at in KEY.find_iter(body) {
-        // `\"usage"` closes a string that holds `"usage`.
-        if at > 0 && body.get(at - 1) == Some(&b'\\') {
-            return None;
-        }
-        let colon = after_space(at + KEY.needle().len());
-        if body.get(colon) != Some(&b':') {
-            continue; // the value "usage", not a key
-        }
-        if member.is_some() {
-            return None; // a nested `usage` too
-        }
-        let value = after_space(colon + 1);
-        let next = after_space(value + 4);
-        if body.get(value..value + 4) != Some(b"null")
-            || !matches!(body.get(next), Some(b',' | b'}'))
-        {
-            return None;
-        }
-        let comma = body
-            .get(..at)?
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())?;
-        if body.get(comma) != Some(&b',') {
-            return None;
-        }
-        member = Some(comma..value + 4);
-    }
-    member
+    let comma = body
+        .get(..key_at)?
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())?;
+    (body.get(comma) == Some(&b',')).then(|| comma..value + 4)
 }
 
 /// A chat completion answered as the upstream's bytes (OpenAI format).

@@ -135,7 +135,17 @@ pub(crate) fn have(program: &str) -> bool {
 
 /// Installs wrk and nginx with apt-get when they are missing.
 fn ensure_tools() -> Result<(), String> {
-    let missing: Vec<&str> = ["wrk", "nginx"].into_iter().filter(|p| !have(p)).collect();
+    install_missing(&[("wrk", "wrk"), ("nginx", "nginx")])
+}
+
+/// Installs with apt-get the package of each `(program, package)` whose
+/// program is missing.
+pub(crate) fn install_missing(tools: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(_, package)| *package)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::bench::{
-    Proxy, have, mock_upstream, request_body, run_quiet, start_hyper_floor, start_nginx,
+    Proxy, install_missing, mock_upstream, request_body, start_hyper_floor, start_nginx,
     start_switchyard,
 };
 
@@ -27,24 +27,7 @@ const COUNTED: u32 = 2000;
 
 /// Installs valgrind (callgrind and `callgrind_control`) and nginx when missing.
 fn ensure_tools() -> Result<(), String> {
-    let missing: Vec<&str> = [("callgrind_control", "valgrind"), ("nginx", "nginx")]
-        .into_iter()
-        .filter(|(program, _)| !have(program))
-        .map(|(_, package)| package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("installing {} with apt-get ...", missing.join(", "));
-    let mut args = vec!["install", "-y", "-q"];
-    args.extend(&missing);
-    if !(run_quiet("apt-get", &["update", "-q"]) && run_quiet("apt-get", &args)) {
-        return Err(format!(
-            "could not install {} (apt-get failed)",
-            missing.join(", ")
-        ));
-    }
-    Ok(())
+    install_missing(&[("callgrind_control", "valgrind"), ("nginx", "nginx")])
 }
 
 /// The callgrind command prefix writing dumps to `out`.
