@@ -120,11 +120,16 @@ pub fn with_model(body: &Bytes, span: &Range<usize>, model: &str) -> Bytes {
     };
     let mut out = BytesMut::with_capacity(body.len() + model.len() + 8);
     out.put_slice(before);
-    // Serialising a &str into a Vec cannot fail.
-    let quoted = serde_json::to_vec(model).unwrap_or_else(|_| b"\"\"".to_vec());
-    out.put_slice(&quoted);
+    out.put_slice(&quoted(model));
     out.put_slice(after);
     out.freeze()
+}
+
+/// `text` as a JSON string, quotes and escapes included: what a splice
+/// puts in place of a string value.
+pub fn quoted(text: &str) -> Vec<u8> {
+    // Serialising a &str into a Vec cannot fail.
+    serde_json::to_vec(text).unwrap_or_else(|_| b"\"\"".to_vec())
 }
 
 /// [`with_model`] for a stream request that must also ask for usage:

@@ -251,9 +251,7 @@ impl ChatEvents {
         client_wants_usage: bool,
         recorder: Recorder,
     ) -> Self {
-        // Serialising a &str into a Vec cannot fail.
-        let quoted_model =
-            serde_json::to_vec(&*answered.model).unwrap_or_else(|_| b"\"\"".to_vec());
+        let quoted_model = json::quoted(&answered.model);
         Self {
             stream,
             answered,
