@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
-fn succeeded(command: &mut Command) -> bool {
+pub(crate) fn succeeded(command: &mut Command) -> bool {
     command.status().is_ok_and(|s| s.success())
 }
 
@@ -34,6 +34,23 @@ fn run(root: &Path, command: &str, args: &[String], release: bool) -> ExitCode {
     }
     let profile = if release { "release" } else { "debug" };
     let server = root.join("target").join(profile).join("switchyard");
+    if run_against(root, &server, command, args, release, &[]) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs `xtask-harness <command> <args>` against the `server` binary, with
+/// `env` set for it (and so for the servers it starts); `true` on success.
+pub(crate) fn run_against(
+    root: &Path,
+    server: &Path,
+    command: &str,
+    args: &[String],
+    release: bool,
+    env: &[(&str, &Path)],
+) -> bool {
     let mut harness = Command::new(cargo());
     harness.current_dir(root).args(["run", "--quiet"]);
     if release {
@@ -53,14 +70,13 @@ fn run(root: &Path, command: &str, args: &[String], release: bool) -> ExitCode {
         .arg(command)
         .args(args)
         .arg("--server")
-        .arg(&server)
+        .arg(server)
         .arg("--root")
         .arg(root);
-    if succeeded(&mut harness) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    for (name, value) in env {
+        harness.env(name, value);
     }
+    succeeded(&mut harness)
 }
 
 fn check_flags(args: &[String], flags: &[&str], valued: &[&str]) -> Result<(), String> {
@@ -95,11 +111,11 @@ pub fn demo(root: &Path, args: &[String]) -> ExitCode {
     run(root, "demo", args, false)
 }
 
-/// `cargo xtask bench [--micro | --instructions] [--seconds N] [--providers N]`.
+/// `cargo xtask bench [--micro | --instructions | --pgo] [--seconds N] [--providers N]`.
 pub fn bench(root: &Path, args: &[String]) -> ExitCode {
     if let Err(message) = check_flags(
         args,
-        &["--micro", "--instructions"],
+        &["--micro", "--instructions", "--pgo"],
         &["--seconds", "--providers"],
     ) {
         eprintln!("error: {message}");
@@ -120,6 +136,20 @@ pub fn bench(root: &Path, args: &[String]) -> ExitCode {
             }
         }
         return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--pgo") {
+        let server = match crate::pgo::build(root) {
+            Ok(server) => server,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return if run_against(root, &server, "bench", args, true, &[]) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     run(root, "bench", args, true)
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`ci`]: the whole check suite (fmt, tidy, clippy, tests, quick chaos, doc tests, docs),
 //!   the exact command `.ci/run` and the README ask for.
+//! - [`pgo`]: a profile-guided release build of the server, trained by the harness.
 //! - [`tidy`]: source conventions every `.rs` file in the workspace follows;
 //!   also enforced by a test, so `cargo test` catches violations.
 //!
@@ -14,6 +15,7 @@
 
 mod ci;
 mod harness;
+mod pgo;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,13 @@ Commands:
             --instructions  count user-space instructions per request under
                             callgrind instead (nginx, hyper floor, switchyard;
                             plain and stream; installs valgrind if missing)
+            --pgo           bench the profile-guided build (`cargo xtask pgo`)
+                            instead of the plain release build
+  pgo     Build switchyard profile-guided: an instrumented release build,
+          20 s of training traffic (plain and streamed chats, failovers,
+          bad requests; not the bench's), llvm-profdata (adds rustup's
+          llvm-tools when missing), then the optimised release build at
+          target/pgo/optimized/release/switchyard. Two full release builds.
   demo    Start the gateway on its embedded default, make one mock provider
           fail and recover through the admin API, and narrate the routing,
           failover, events and load stats (under a minute).
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
         "chaos" => harness::chaos(&workspace_root(), rest),
         "bench" => harness::bench(&workspace_root(), rest),
         "demo" => harness::demo(&workspace_root(), rest),
+        "pgo" => pgo::run(&workspace_root(), rest),
         "tidy" => match rest.first() {
             None => tidy::run(&workspace_root()),
             Some(arg) => usage_error(&format!("`tidy` takes no arguments, got `{arg}`")),

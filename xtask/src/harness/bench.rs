@@ -34,6 +34,9 @@ pub struct Options {
     pub seconds: u64,
     /// Providers configured for the model.
     pub providers: usize,
+    /// The name of the switchyard row (`switchyard-pgo` for the
+    /// profile-guided build).
+    pub label: &'static str,
 }
 
 const CHAT_BODY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}"#;
@@ -502,7 +505,7 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
         ("direct", &direct_url, None),
         ("nginx", &nginx.url, nginx.child.id()),
         ("hyper", &floor.url, floor.child.id()),
-        ("switchyard", &gateway.url, gateway.child.id()),
+        (options.label, &gateway.url, gateway.child.id()),
     ];
     // Each cell runs on every target back to back, so the ratios compare
     // runs seconds apart: this machine's speed drifts over minutes. The
@@ -555,9 +558,9 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
     for stream in [false, true] {
         let mode = if stream { "stream" } else { "plain" };
         let (Some(sy64), Some(ng64), Some(sy1), Some(ng1), Some(d1)) = (
-            find(&cells, "switchyard", 64, stream),
+            find(&cells, options.label, 64, stream),
             find(&cells, "nginx", 64, stream),
-            find(&cells, "switchyard", 1, stream),
+            find(&cells, options.label, 1, stream),
             find(&cells, "nginx", 1, stream),
             find(&cells, "direct", 1, stream),
         ) else {

@@ -762,12 +762,14 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
             slow_first_token: Duration::from_secs(6),
             stall: Duration::from_secs(8),
             outage: Duration::from_secs(12),
+            word_gap: Duration::from_millis(2),
         }
     } else {
         Timings {
             slow_first_token: Duration::from_secs(20),
             stall: Duration::from_secs(30),
             outage: Duration::from_secs(60),
+            word_gap: Duration::from_millis(2),
         }
     };
     let limits = if quick {

@@ -32,6 +32,28 @@ pub fn free_port() -> Result<u16, String> {
 }
 
 impl Gateway {
+    /// Asks the gateway to shut down (SIGTERM) and waits until it has
+    /// exited, so what it writes at exit (a PGO profile) is on disk.
+    pub async fn stop(&mut self) -> Result<(), String> {
+        let Some(pid) = self.child.id() else {
+            return Ok(());
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .map_err(|e| format!("cannot run kill: {e}"))?;
+        if !sent.success() {
+            return Err(format!("kill -TERM {pid} failed"));
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the gateway exited with {status}")),
+            Ok(Err(e)) => Err(format!("cannot wait for the gateway: {e}")),
+            Err(_) => Err("the gateway did not exit within 30 s of SIGTERM".to_owned()),
+        }
+    }
+
     /// Writes `config` (which must listen on `port`) under `target/harness/`,
     /// starts the binary and waits for `/readyz`.
     pub async fn start(

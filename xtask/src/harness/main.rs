@@ -11,6 +11,7 @@ mod demo;
 mod floor;
 mod gateway;
 mod instructions;
+mod train;
 mod upstream;
 
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
     }
     let mut quick = false;
     let mut instructions = false;
+    let mut label = "switchyard";
     let mut seconds = 10;
     let mut providers = 100;
     let mut only = None;
@@ -49,6 +51,8 @@ fn main() -> ExitCode {
         match arg.as_str() {
             "--quick" => quick = true,
             "--instructions" => instructions = true,
+            // The server under test is the profile-guided build.
+            "--pgo" => label = "switchyard-pgo",
             "--only" => {
                 only = rest.next().map(|list| {
                     list.split(',')
@@ -117,8 +121,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "pgo-train" => match runtime.block_on(train::run(&root, &server, seconds)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("pgo-train: {message}");
+                ExitCode::FAILURE
+            }
+        },
         "bench" => {
-            let options = bench::Options { seconds, providers };
+            let options = bench::Options {
+                seconds,
+                providers,
+                label,
+            };
             match runtime.block_on(bench::run(&root, &server, options)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => {

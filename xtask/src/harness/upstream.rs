@@ -31,6 +31,8 @@ pub struct Timings {
     pub stall: Duration,
     /// Fault 15: how long the primary answers 503.
     pub outage: Duration,
+    /// The pause between streamed words, so a stream spans real time.
+    pub word_gap: Duration,
 }
 
 /// One request the upstream saw.
@@ -68,6 +70,9 @@ impl Upstream {
         let serving = Arc::clone(&upstream);
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
+                // Each SSE event is its own small write: without this,
+                // Nagle holds every one behind the last one's ACK.
+                let _ = socket.set_nodelay(true);
                 let upstream = Arc::clone(&serving);
                 tokio::spawn(async move { upstream.connection(socket).await });
             }
@@ -273,7 +278,7 @@ impl Upstream {
                     )
                     .await?;
                 } else if stream {
-                    reply.stream(socket, Shape::Complete).await?;
+                    reply.stream(socket, Shape::Complete, t.word_gap).await?;
                 } else {
                     reply.whole(socket).await?;
                 }
@@ -281,27 +286,33 @@ impl Upstream {
             _ if !stream => reply.whole(socket).await?,
             "fault-7" => {
                 reply
-                    .stream(socket, Shape::SlowFirst(t.slow_first_token))
+                    .stream(socket, Shape::SlowFirst(t.slow_first_token), t.word_gap)
                     .await?
             }
             "fault-8" | "fault-8-off" => {
                 return reply
-                    .stream(socket, Shape::CutAfter(40))
+                    .stream(socket, Shape::CutAfter(40), t.word_gap)
                     .await
                     .map(|()| false);
             }
             "fault-9" | "fault-9-off" => {
-                reply.stream(socket, Shape::StallAfter(20, t.stall)).await?
+                reply
+                    .stream(socket, Shape::StallAfter(20, t.stall), t.word_gap)
+                    .await?
             }
-            "fault-10" => reply.stream(socket, Shape::MalformedAt(30)).await?,
-            "fault-11" => reply.stream(socket, Shape::NoDone).await?,
+            "fault-10" => {
+                reply
+                    .stream(socket, Shape::MalformedAt(30), t.word_gap)
+                    .await?
+            }
+            "fault-11" => reply.stream(socket, Shape::NoDone, t.word_gap).await?,
             "fault-14" | "fault-14-off" => {
                 return reply
-                    .stream(socket, Shape::CutAfter(30))
+                    .stream(socket, Shape::CutAfter(30), t.word_gap)
                     .await
                     .map(|()| false);
             }
-            _ => reply.stream(socket, Shape::Complete).await?,
+            _ => reply.stream(socket, Shape::Complete, t.word_gap).await?,
         }
         Ok(true)
     }
@@ -377,7 +388,12 @@ impl Reply {
         format!("data: {chunk}\n\n")
     }
 
-    async fn stream(&self, socket: &mut TcpStream, shape: Shape) -> std::io::Result<()> {
+    async fn stream(
+        &self,
+        socket: &mut TcpStream,
+        shape: Shape,
+        word_gap: Duration,
+    ) -> std::io::Result<()> {
         socket
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             .await?;
@@ -400,7 +416,9 @@ impl Reply {
                 _ => {}
             }
             send(socket, &self.chunk(json!({"content": word}), None)).await?;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            if !word_gap.is_zero() {
+                tokio::time::sleep(word_gap).await;
+            }
         }
         send(socket, &self.chunk(json!({}), Some("stop"))).await?;
         if self.include_usage {

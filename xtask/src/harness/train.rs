@@ -1,0 +1,218 @@
+//! `pgo-train`: the traffic a profile-guided build of `switchyard` learns from (`cargo xtask pgo`).
+//!
+//! The instrumented server runs on its own config in front of the
+//! fault-injecting upstream of [`crate::upstream`] (not the bench's
+//! do-nothing one) and the built-in mock provider. Sixteen clients send a
+//! fixed mix for a fixed time: plain and streamed chats, with and without
+//! usage, on a model two providers serve; failovers after a 500, a stream
+//! cut and resumed elsewhere, a malformed stream; the mock provider; and
+//! bad requests. The server is then stopped with SIGTERM, so it writes its
+//! profile at exit. The run fails unless nearly every healthy request
+//! succeeded: a profile of error paths would mislead the optimiser.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::gateway::{Gateway, free_port};
+use crate::upstream::{Timings, Upstream};
+
+/// Concurrent clients.
+const CLIENTS: u64 = 16;
+
+/// Every `MIX`-th request starts the mix again; see [`request`].
+const MIX: u64 = 20;
+
+fn config(gateway_port: u16, upstream_port: u16) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{gateway_port}"
+
+[manager]
+strategy = "round_robin"
+max_retries = 3
+
+[[providers]]
+id = "primary"
+type = "openai_compatible"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+health_check = "none"
+[providers.models.healthy]
+[providers.models."fault-3"]
+[providers.models."fault-8"]
+[providers.models."fault-10"]
+
+[[providers]]
+id = "secondary"
+type = "openai_compatible"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+health_check = "none"
+[providers.models.healthy]
+[providers.models.backup]
+
+[[providers]]
+id = "mock"
+type = "mock"
+health_check = "none"
+[providers.models."mock-chat"]
+[providers.mock]
+latency = "0ms"
+chunk_delay = "0ms"
+
+[routes."fault-3"]
+fallbacks = ["backup"]
+
+[routes."fault-8"]
+fallbacks = ["backup"]
+
+[routes."fault-10"]
+fallbacks = ["backup"]
+"#
+    )
+}
+
+/// The `n`th request of the mix: (model, stream, usage asked, body
+/// override for a malformed request).
+fn request(n: u64) -> (&'static str, bool, bool, Option<&'static str>) {
+    // Alternates from one round of the mix to the next.
+    let odd_round = (n / MIX) % 2 == 1;
+    match n % MIX {
+        0..=6 => ("healthy", false, false, None),
+        7..=9 => ("healthy", true, true, None),
+        10..=13 => ("healthy", true, false, None),
+        14 => ("fault-3", false, false, None),
+        15 => ("fault-3", true, true, None),
+        16 => ("fault-8", true, false, None),
+        17 => ("mock-chat", odd_round, false, None),
+        18 => ("fault-10", true, false, None),
+        _ if odd_round => ("healthy", false, false, Some("{\"model\": \"healthy\",")),
+        _ => ("no-such-model", false, false, None),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    healthy: AtomicU64,
+    healthy_ok: AtomicU64,
+    all: AtomicU64,
+}
+
+async fn client_loop(
+    client: reqwest::Client,
+    url: String,
+    id: u64,
+    until: Instant,
+    tally: Arc<Tally>,
+) {
+    let mut n = id;
+    while Instant::now() < until {
+        let (model, stream, usage, malformed) = request(n);
+        // A fresh prompt each time: the fault upstream fails a prompt's
+        // first attempt only, and its answer text follows the prompt.
+        let prompt = format!("pgo training {id} {n}");
+        let body = match malformed {
+            Some(bad) => bad.to_owned(),
+            None => {
+                let mut body = json!({
+                    "model": model,
+                    "stream": stream,
+                    "messages": [
+                        {"role": "system", "content": "You are terse."},
+                        {"role": "user", "content": prompt},
+                    ],
+                });
+                if usage {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                body.to_string()
+            }
+        };
+        let answer = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        let ok = match answer {
+            Ok(response) => {
+                let status = response.status();
+                let read = response.bytes().await.is_ok();
+                status.is_success() && read
+            }
+            Err(_) => false,
+        };
+        tally.all.fetch_add(1, Ordering::Relaxed);
+        if model == "healthy" && malformed.is_none() {
+            tally.healthy.fetch_add(1, Ordering::Relaxed);
+            if ok {
+                tally.healthy_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        n += CLIENTS;
+    }
+}
+
+/// Runs the training traffic through `server` for `seconds`, then stops it.
+pub async fn run(root: &Path, server: &Path, seconds: u64) -> Result<(), String> {
+    let timings = Timings {
+        slow_first_token: Duration::from_millis(50),
+        stall: Duration::from_millis(50),
+        outage: Duration::from_millis(50),
+        word_gap: Duration::ZERO,
+    };
+    let (_upstream, upstream_port) = Upstream::start(timings)
+        .await
+        .map_err(|e| format!("fault upstream: {e}"))?;
+    let port = free_port()?;
+    let mut gateway = Gateway::start(
+        root,
+        server,
+        "pgo-train",
+        port,
+        &config(port, upstream_port),
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS as usize)
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let url = format!("{}/v1/chat/completions", gateway.base);
+    let tally = Arc::new(Tally::default());
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(client_loop(
+                client.clone(),
+                url.clone(),
+                id,
+                until,
+                Arc::clone(&tally),
+            ))
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .await
+            .map_err(|e| format!("a training client failed: {e}"))?;
+    }
+    gateway.stop().await?;
+    let all = tally.all.load(Ordering::Relaxed);
+    let healthy = tally.healthy.load(Ordering::Relaxed);
+    let healthy_ok = tally.healthy_ok.load(Ordering::Relaxed);
+    println!(
+        "pgo-train: {all} requests in {seconds} s; {healthy_ok} of {healthy} healthy ones answered"
+    );
+    // 19 of every 20 healthy answers, at least: anything less means the
+    // profile mostly saw failures.
+    if healthy == 0 || healthy_ok * 20 < healthy * 19 {
+        return Err(format!(
+            "only {healthy_ok} of {healthy} healthy requests succeeded; see {}",
+            gateway.log.display()
+        ));
+    }
+    Ok(())
+}
