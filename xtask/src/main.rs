@@ -48,7 +48,8 @@ Commands:
                             instead of the plain release build
   pgo     Build switchyard profile-guided: an instrumented release build,
           20 s of training traffic (plain and streamed chats, failovers,
-          bad requests; not the bench's), llvm-profdata (adds rustup's
+          bad requests; half at RUST_LOG=info, half at warn; not the
+          bench's), llvm-profdata (adds rustup's
           llvm-tools when missing), then the optimised release build at
           target/pgo/optimized/release/switchyard. Two full release builds.
   demo    Start the gateway on its embedded default, make one mock provider

@@ -55,13 +55,25 @@ impl Gateway {
     }
 
     /// Writes `config` (which must listen on `port`) under `target/harness/`,
-    /// starts the binary and waits for `/readyz`.
+    /// starts the binary (`RUST_LOG=info`) and waits for `/readyz`.
     pub async fn start(
         root: &Path,
         binary: &Path,
         name: &str,
         port: u16,
         config: &str,
+    ) -> Result<Self, String> {
+        Self::start_logging(root, binary, name, port, config, "info").await
+    }
+
+    /// [`Gateway::start`] with `RUST_LOG` set to `log_level`.
+    pub async fn start_logging(
+        root: &Path,
+        binary: &Path,
+        name: &str,
+        port: u16,
+        config: &str,
+        log_level: &str,
     ) -> Result<Self, String> {
         let dir = root.join("target").join("harness");
         std::fs::create_dir_all(&dir)
@@ -78,7 +90,7 @@ impl Gateway {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)

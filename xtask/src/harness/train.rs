@@ -6,7 +6,8 @@
 //! fixed mix for a fixed time: plain and streamed chats, with and without
 //! usage, on a model two providers serve; failovers after a 500, a stream
 //! cut and resumed elsewhere, a malformed stream; the mock provider; and
-//! bad requests. The server is then stopped with SIGTERM, so it writes its
+//! bad requests. Half the time runs at the default log level, half at
+//! `warn`. The server is then stopped with SIGTERM, so it writes its
 //! profile at exit. The run fails unless nearly every healthy request
 //! succeeded: a profile of error paths would mislead the optimiser.
 
@@ -156,7 +157,10 @@ async fn client_loop(
     }
 }
 
-/// Runs the training traffic through `server` for `seconds`, then stops it.
+/// Runs the training traffic through `server` for `seconds`: half of it
+/// at the default log level (`info`, an access line per request), half at
+/// `warn` (how the bench and throughput-minded operators run it), each
+/// half on its own server process, so two profiles get written.
 pub async fn run(root: &Path, server: &Path, seconds: u64) -> Result<(), String> {
     let timings = Timings {
         slow_first_token: Duration::from_millis(50),
@@ -167,13 +171,29 @@ pub async fn run(root: &Path, server: &Path, seconds: u64) -> Result<(), String>
     let (_upstream, upstream_port) = Upstream::start(timings)
         .await
         .map_err(|e| format!("fault upstream: {e}"))?;
+    let half = (seconds / 2).max(1);
+    for log in ["info", "warn"] {
+        train(root, server, upstream_port, half, log).await?;
+    }
+    Ok(())
+}
+
+/// One server process at `log`, `seconds` of traffic, then SIGTERM.
+async fn train(
+    root: &Path,
+    server: &Path,
+    upstream_port: u16,
+    seconds: u64,
+    log: &str,
+) -> Result<(), String> {
     let port = free_port()?;
-    let mut gateway = Gateway::start(
+    let mut gateway = Gateway::start_logging(
         root,
         server,
-        "pgo-train",
+        &format!("pgo-train-{log}"),
         port,
         &config(port, upstream_port),
+        log,
     )
     .await?;
     let client = reqwest::Client::builder()
@@ -204,7 +224,7 @@ pub async fn run(root: &Path, server: &Path, seconds: u64) -> Result<(), String>
     let healthy = tally.healthy.load(Ordering::Relaxed);
     let healthy_ok = tally.healthy_ok.load(Ordering::Relaxed);
     println!(
-        "pgo-train: {all} requests in {seconds} s; {healthy_ok} of {healthy} healthy ones answered"
+        "pgo-train (RUST_LOG={log}): {all} requests in {seconds} s; {healthy_ok} of {healthy} healthy ones answered"
     );
     // 19 of every 20 healthy answers, at least: anything less means the
     // profile mostly saw failures.
