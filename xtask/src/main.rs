@@ -47,7 +47,8 @@ Commands:
             --pgo           bench the profile-guided build (`cargo xtask pgo`)
                             instead of the plain release build
   pgo     Build switchyard profile-guided: an instrumented release build,
-          20 s of training traffic (plain and streamed chats, failovers,
+          20 s of training traffic (plain and streamed chats through
+          OpenAI-compatible, Anthropic and mock providers, failovers,
           bad requests; half at RUST_LOG=info, half at warn; not the
           bench's), llvm-profdata (adds rustup's
           llvm-tools when missing), then the optimised release build at

@@ -4,7 +4,8 @@
 //! fault-injecting upstream of [`crate::upstream`] (not the bench's
 //! do-nothing one) and the built-in mock provider. Sixteen clients send a
 //! fixed mix for a fixed time: plain and streamed chats, with and without
-//! usage, on a model two providers serve; failovers after a 500, a stream
+//! usage, on a model two providers serve and on an Anthropic provider
+//! (the same upstream answers `/v1/messages`); failovers after a 500, a stream
 //! cut and resumed elsewhere, a malformed stream; the mock provider; and
 //! bad requests. Half the time runs at the default log level, half at
 //! `warn`. The server is then stopped with SIGTERM, so it writes its
@@ -27,6 +28,9 @@ const CLIENTS: u64 = 16;
 
 /// Every `MIX`-th request starts the mix again; see [`request`].
 const MIX: u64 = 20;
+
+/// Models whose every request must succeed.
+const HEALTHY: [&str; 2] = ["healthy", "claude-train"];
 
 fn config(gateway_port: u16, upstream_port: u16) -> String {
     format!(
@@ -56,6 +60,14 @@ health_check = "none"
 [providers.models.backup]
 
 [[providers]]
+id = "claude"
+type = "anthropic"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+api_key = "sk-ant-harness-training"
+health_check = "none"
+[providers.models."claude-train"]
+
+[[providers]]
 id = "mock"
 type = "mock"
 health_check = "none"
@@ -82,7 +94,9 @@ fn request(n: u64) -> (&'static str, bool, bool, Option<&'static str>) {
     // Alternates from one round of the mix to the next.
     let odd_round = (n / MIX) % 2 == 1;
     match n % MIX {
-        0..=6 => ("healthy", false, false, None),
+        0..=4 => ("healthy", false, false, None),
+        5 => ("claude-train", false, false, None),
+        6 => ("claude-train", true, odd_round, None),
         7..=9 => ("healthy", true, true, None),
         10..=13 => ("healthy", true, false, None),
         14 => ("fault-3", false, false, None),
@@ -147,13 +161,14 @@ async fn client_loop(
             Err(_) => false,
         };
         tally.all.fetch_add(1, Ordering::Relaxed);
-        if model == "healthy" && malformed.is_none() {
+        if HEALTHY.contains(&model) && malformed.is_none() {
             tally.healthy.fetch_add(1, Ordering::Relaxed);
             if ok {
                 tally.healthy_ok.fetch_add(1, Ordering::Relaxed);
             }
         }
-        n += CLIENTS;
+        // Every client goes through the whole mix, from its own offset.
+        n += 1;
     }
 }
 

@@ -1,4 +1,4 @@
-//! A fault-injecting OpenAI-compatible upstream over raw TCP, for `cargo xtask chaos`.
+//! A fault-injecting OpenAI-compatible upstream over raw TCP, for `cargo xtask chaos` (and PGO training).
 //!
 //! The model name picks the fault (`fault-1` … `fault-16`; `backup`,
 //! `backup-prefill` and `healthy` are well behaved). It speaks HTTP/1.1 by
@@ -8,7 +8,8 @@
 //! prompt alone (the *canonical* text), so a replay on a fallback model can
 //! be checked byte for byte, and a trailing assistant message (a prefill) is
 //! continued from where it left off. Every request is logged for the
-//! scorecard's conduct checks.
+//! scorecard's conduct checks. `POST …/messages` gets a well-behaved
+//! Anthropic Messages answer instead, for the PGO training's Anthropic provider.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -135,6 +136,10 @@ impl Upstream {
         let request_line = head.lines().next().unwrap_or_default();
         if request_line.starts_with("GET ") && request_line.contains("/models") {
             write_json(socket, 200, &[], &json!({"object": "list", "data": []})).await?;
+            return Ok(true);
+        }
+        if request_line.starts_with("POST ") && request_line.contains("/messages ") {
+            anthropic_answer(socket, body).await?;
             return Ok(true);
         }
         let Ok(request) = serde_json::from_slice::<Value>(body) else {
@@ -468,6 +473,101 @@ async fn write_json(
     socket.write_all(head.as_bytes()).await?;
     socket.write_all(body.as_bytes()).await?;
     socket.flush().await
+}
+
+/// Answers an Anthropic Messages request (no faults: the PGO training's
+/// Anthropic provider): the canonical text of the user turns, whole or as
+/// Anthropic's SSE events.
+async fn anthropic_answer(socket: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        let invalid = json!({"type": "error",
+            "error": {"type": "invalid_request_error", "message": "invalid JSON"}});
+        return write_json(socket, 400, &[], &invalid).await;
+    };
+    let model = request["model"].as_str().unwrap_or_default();
+    let prompt = request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "user")
+        .flat_map(|m| match &m["content"] {
+            Value::String(text) => vec![text.clone()],
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let words = split_words(&canonical_text(&prompt));
+    let input_tokens = prompt.split_whitespace().count() + 8;
+    if !request["stream"].as_bool().unwrap_or(false) {
+        let message = json!({"id": "msg_harness", "type": "message", "role": "assistant",
+            "model": model, "content": [{"type": "text", "text": words.concat()}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": words.len()}});
+        return write_json(socket, 200, &[], &message).await;
+    }
+    socket
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await?;
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    send(
+        socket,
+        &event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+        "id": "msg_harness", "type": "message", "role": "assistant", "content": [], "model": model,
+        "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+        ),
+    )
+    .await?;
+    send(
+        socket,
+        &event(
+            "content_block_start",
+            json!({"type": "content_block_start",
+        "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+    )
+    .await?;
+    for word in &words {
+        send(
+            socket,
+            &event(
+                "content_block_delta",
+                json!({"type": "content_block_delta",
+            "index": 0, "delta": {"type": "text_delta", "text": word}}),
+            ),
+        )
+        .await?;
+    }
+    send(
+        socket,
+        &event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+    )
+    .await?;
+    send(
+        socket,
+        &event(
+            "message_delta",
+            json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"output_tokens": words.len()}}),
+        ),
+    )
+    .await?;
+    send(
+        socket,
+        &event("message_stop", json!({"type": "message_stop"})),
+    )
+    .await?;
+    socket.write_all(b"0\r\n\r\n").await
 }
 
 /// Reads one request (head and `content-length` body); `None` at EOF.
