@@ -50,9 +50,10 @@ Commands:
           20 s of training traffic (plain and streamed chats through
           OpenAI-compatible, Anthropic and mock providers, failovers,
           bad requests; half at RUST_LOG=info, half at warn; not the
-          bench's), llvm-profdata (adds rustup's
-          llvm-tools when missing), then the optimised release build at
-          target/pgo/optimized/release/switchyard. Two full release builds.
+          bench's), llvm-profdata (adds rustup's llvm-tools when
+          missing), then the optimised release build at
+          target/pgo/optimized/release/switchyard. Two full release
+          builds.
   demo    Start the gateway on its embedded default, make one mock provider
           fail and recover through the admin API, and narrate the routing,
           failover, events and load stats (under a minute).
