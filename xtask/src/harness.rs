@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-pub(crate) fn cargo() -> String {
+fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
@@ -14,8 +14,8 @@ pub(crate) fn succeeded(command: &mut Command) -> bool {
     command.status().is_ok_and(|s| s.success())
 }
 
-/// Builds `switchyard`, then runs `xtask-harness <command> <args>` against it.
-fn run(root: &Path, command: &str, args: &[String], release: bool) -> ExitCode {
+/// `cargo build` of the `switchyard` binary, release or debug.
+pub(crate) fn server_build(root: &Path, release: bool) -> Command {
     let mut build = Command::new(cargo());
     build.current_dir(root).args([
         "build",
@@ -28,7 +28,12 @@ fn run(root: &Path, command: &str, args: &[String], release: bool) -> ExitCode {
     if release {
         build.arg("--release");
     }
-    if !succeeded(&mut build) {
+    build
+}
+
+/// Builds `switchyard`, then runs `xtask-harness <command> <args>` against it.
+fn run(root: &Path, command: &str, args: &[String], release: bool) -> ExitCode {
+    if !succeeded(&mut server_build(root, release)) {
         eprintln!("error: building the switchyard binary failed");
         return ExitCode::FAILURE;
     }

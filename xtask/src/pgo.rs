@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use crate::harness::{cargo, run_against, succeeded};
+use crate::harness::{run_against, server_build, succeeded};
 
 /// Seconds of training traffic.
 const TRAINING_SECONDS: u64 = 20;
@@ -116,18 +116,8 @@ fn release_build(root: &Path, target_dir: &Path, flag: &str) -> Result<PathBuf, 
         Ok(existing) if !existing.trim().is_empty() => format!("{existing} {flag}"),
         _ => flag.to_owned(),
     };
-    let mut build = Command::new(cargo());
+    let mut build = server_build(root, true);
     build
-        .current_dir(root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "switchyard-server",
-            "--bin",
-            "switchyard",
-        ])
         .env("CARGO_TARGET_DIR", target_dir)
         .env("RUSTFLAGS", rustflags);
     if !succeeded(&mut build) {
@@ -139,22 +129,19 @@ fn release_build(root: &Path, target_dir: &Path, flag: &str) -> Result<PathBuf, 
 /// The `llvm-profdata` matching this rustc's LLVM, from rustup's
 /// `llvm-tools` component; adds the component when it is missing.
 fn llvm_profdata() -> Result<PathBuf, String> {
-    let find = || -> Result<PathBuf, String> {
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-        let sysroot = output(Command::new(&rustc).args(["--print", "sysroot"]))?;
-        let version = output(Command::new(&rustc).arg("-vV"))?;
-        let host = version
-            .lines()
-            .find_map(|line| line.strip_prefix("host: "))
-            .ok_or("`rustc -vV` printed no host")?;
-        Ok(Path::new(sysroot.trim())
-            .join("lib")
-            .join("rustlib")
-            .join(host.trim())
-            .join("bin")
-            .join("llvm-profdata"))
-    };
-    let tool = find()?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let sysroot = output(Command::new(&rustc).args(["--print", "sysroot"]))?;
+    let version = output(Command::new(&rustc).arg("-vV"))?;
+    let host = version
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .ok_or("`rustc -vV` printed no host")?;
+    let tool = Path::new(sysroot.trim())
+        .join("lib")
+        .join("rustlib")
+        .join(host.trim())
+        .join("bin")
+        .join("llvm-profdata");
     if tool.exists() {
         return Ok(tool);
     }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, free_port};
-use crate::upstream::{Timings, Upstream, canonical_text};
+use crate::upstream::{Timings, Upstream, canonical_text, openai_provider};
 
 /// What to run.
 pub struct Options {
@@ -185,12 +185,6 @@ listen = "127.0.0.1:{gateway_port}"
 first_token_timeout = "{ft}ms"
 stream_idle_timeout = "{idle}ms"
 max_retries = 3
-
-[[providers]]
-id = "faulty"
-type = "openai_compatible"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-health_check = "none"
 "#,
         ft = limits.first_token.as_millis(),
         idle = limits.idle.as_millis(),
@@ -199,22 +193,14 @@ health_check = "none"
         .map(|n| format!("fault-{n}"))
         .chain(["fault-8-off", "fault-9-off", "fault-14-off"].map(str::to_owned))
         .collect();
-    for model in &primaries {
-        toml.push_str(&format!("[providers.models.\"{model}\"]\n"));
-    }
-    toml.push_str(&format!(
-        r#"
-[[providers]]
-id = "backup"
-type = "openai_compatible"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-health_check = "none"
-[providers.models.backup]
-[providers.models.healthy]
-[providers.models."backup-prefill"]
-supports_prefill = true
-"#
+    toml.push_str(&openai_provider("faulty", upstream_port, &primaries));
+    toml.push_str(&openai_provider(
+        "backup",
+        upstream_port,
+        &["backup", "healthy", "backup-prefill"],
     ));
+    // Belongs to the last model table: `backup-prefill`.
+    toml.push_str("supports_prefill = true\n");
     for model in &primaries {
         let fallback = if model.starts_with("fault-14") {
             "backup-prefill"

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::gateway::{Gateway, free_port};
-use crate::upstream::{Timings, Upstream};
+use crate::upstream::{Timings, Upstream, openai_provider};
 
 /// Concurrent clients.
 const CLIENTS: u64 = 16;
@@ -33,32 +33,19 @@ const MIX: u64 = 20;
 const HEALTHY: [&str; 2] = ["healthy", "claude-train"];
 
 fn config(gateway_port: u16, upstream_port: u16) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{gateway_port}"
-
-[manager]
-strategy = "round_robin"
-max_retries = 3
-
-[[providers]]
-id = "primary"
-type = "openai_compatible"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-health_check = "none"
-[providers.models.healthy]
-[providers.models."fault-3"]
-[providers.models."fault-8"]
-[providers.models."fault-10"]
-
-[[providers]]
-id = "secondary"
-type = "openai_compatible"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-health_check = "none"
-[providers.models.healthy]
-[providers.models.backup]
-
+    let failing = ["fault-3", "fault-8", "fault-10"];
+    let mut toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\n\n[manager]\nstrategy = \"round_robin\"\nmax_retries = 3\n"
+    );
+    let primary: Vec<&str> = std::iter::once("healthy").chain(failing).collect();
+    toml.push_str(&openai_provider("primary", upstream_port, &primary));
+    toml.push_str(&openai_provider(
+        "secondary",
+        upstream_port,
+        &["healthy", "backup"],
+    ));
+    toml.push_str(&format!(
+        r#"
 [[providers]]
 id = "claude"
 type = "anthropic"
@@ -75,17 +62,14 @@ health_check = "none"
 [providers.mock]
 latency = "0ms"
 chunk_delay = "0ms"
-
-[routes."fault-3"]
-fallbacks = ["backup"]
-
-[routes."fault-8"]
-fallbacks = ["backup"]
-
-[routes."fault-10"]
-fallbacks = ["backup"]
 "#
-    )
+    ));
+    for model in failing {
+        toml.push_str(&format!(
+            "\n[routes.\"{model}\"]\nfallbacks = [\"backup\"]\n"
+        ));
+    }
+    toml
 }
 
 /// The `n`th request of the mix: (model, stream, usage asked, body

@@ -475,6 +475,18 @@ async fn write_json(
     socket.flush().await
 }
 
+/// A `[[providers]]` config entry for an OpenAI-compatible provider served
+/// by this upstream on `port`, serving `models`.
+pub fn openai_provider<M: AsRef<str>>(id: &str, port: u16, models: &[M]) -> String {
+    let mut toml = format!(
+        "\n[[providers]]\nid = \"{id}\"\ntype = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nhealth_check = \"none\"\n"
+    );
+    for model in models {
+        toml.push_str(&format!("[providers.models.\"{}\"]\n", model.as_ref()));
+    }
+    toml
+}
+
 /// Answers an Anthropic Messages request (no faults: the PGO training's
 /// Anthropic provider): the canonical text of the user turns, whole or as
 /// Anthropic's SSE events.
