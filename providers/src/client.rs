@@ -1,20 +1,24 @@
-//! The upstream HTTP client: hyper's pooled client with rustls, plus the small request/response types adapters use.
+//! The upstream HTTP client: hyper's HTTP/1 connections pooled per plain-HTTP host, hyper-util's pooled client with rustls for TLS, plus the small request/response types adapters use.
 //!
-//! Built straight on `hyper_util`'s pooled client rather than reqwest: a
-//! gateway sends every request to a known, pre-parsed URL and never
-//! follows redirects or proxies, so reqwest's per-request layers (redirect
-//! policy, proxy matching, URL conversion, connector clones) were pure
-//! overhead — about 12 µs a request on the bench machine.
+//! Built straight on hyper rather than reqwest: a gateway sends every
+//! request to a known, pre-parsed URL and never follows redirects or
+//! proxies, so reqwest's per-request layers (redirect policy, proxy
+//! matching, URL conversion, connector clones) were pure overhead — about
+//! 12 µs a request on the bench machine. Plain `http://` upstreams go
+//! through [`crate::pool`], which does less per request than hyper-util's
+//! pool; `https://` ones through hyper-util's client, for ALPN and HTTP/2.
 
 use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
-use futures_util::TryStreamExt;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,12 +26,51 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchyard_core::ConfigError;
 
 use crate::http::HttpOptions;
+use crate::pool::{HostAddress, HostPool, HostPools, Lent};
 
-/// The pooled client every provider of a factory shares (HTTP/1.1, and
-/// HTTP/2 when TLS negotiates it).
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// hyper-util's pooled client, for TLS upstreams (HTTP/1.1, and HTTP/2
+/// when ALPN negotiates it).
+type TlsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the pooled client: TCP_NODELAY, keep-alive, connect timeout,
+/// The client every provider of a factory shares: one pool of
+/// connections per upstream host, whichever provider opened them.
+#[derive(Clone)]
+pub struct HttpClient {
+    tls: TlsClient,
+    plain: Arc<HostPools>,
+    options: HttpOptions,
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// How requests to `url` travel: the host's HTTP/1 pool for `http://`,
+    /// the TLS client otherwise.
+    pub(crate) fn transport(&self, url: &url::Url) -> Transport {
+        match HostAddress::of(url) {
+            Some(address) => Transport::Plain(self.plain.get(address, &self.options)),
+            None => Transport::Tls(Box::new(self.tls.clone())),
+        }
+    }
+}
+
+/// How one provider's requests reach its upstream.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// A plain-HTTP host's pool; requests carry origin-form URIs and an
+    /// explicit `Host`.
+    Plain(Arc<HostPool>),
+    /// hyper-util's client; requests carry absolute URIs.
+    Tls(Box<TlsClient>),
+}
+
+/// Builds the shared client: TCP_NODELAY, keep-alive, connect timeout,
 /// rustls with the platform's roots, ALPN for HTTP/2. It never follows
 /// redirects (hyper has no such layer); a 3xx reaches the caller.
 pub fn build(settings: &HttpOptions) -> Result<HttpClient, ConfigError> {
@@ -42,12 +85,17 @@ pub fn build(settings: &HttpOptions) -> Result<HttpClient, ConfigError> {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(tcp);
-    Ok(Client::builder(TokioExecutor::new())
+    let tls = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(tls))
+        .build(tls);
+    Ok(HttpClient {
+        tls,
+        plain: Arc::new(HostPools::default()),
+        options: settings.clone(),
+    })
 }
 
 /// A request to an upstream, built by [`crate::http::Upstream::request`].
@@ -91,33 +139,67 @@ impl UpstreamRequest {
         self.inner.as_ref().ok().map(Request::headers)
     }
 
-    /// Sends it on `client`.
-    pub async fn send(self, client: &HttpClient) -> Result<UpstreamResponse, TransportError> {
-        let request = self.inner.map_err(|message| TransportError {
-            connect: true,
-            message,
-        })?;
-        client
-            .request(request)
-            .await
-            .map(UpstreamResponse)
-            .map_err(TransportError::from)
+    /// Sends it over `transport`.
+    pub(crate) async fn send(
+        self,
+        transport: &Transport,
+    ) -> Result<UpstreamResponse, TransportError> {
+        let request = self.inner.map_err(TransportError::connect)?;
+        match transport {
+            Transport::Plain(pool) => {
+                let (response, lent) = pool.send(request).await?;
+                Ok(UpstreamResponse::new(response, Some(lent)))
+            }
+            Transport::Tls(client) => client
+                .request(request)
+                .await
+                .map(|response| UpstreamResponse::new(response, None))
+                .map_err(TransportError::from),
+        }
     }
 }
 
 /// An upstream's response: status and headers in hand, body still unread.
+/// A pooled plain-HTTP connection goes back to its pool when the body has
+/// been read to its end.
 #[derive(Debug)]
-pub struct UpstreamResponse(Response<Incoming>);
+pub struct UpstreamResponse {
+    head: http::response::Parts,
+    // `None` once handed to `bytes_stream`.
+    body: Option<Incoming>,
+    lent: Option<Lent>,
+}
+
+impl Drop for UpstreamResponse {
+    fn drop(&mut self) {
+        // A body with nothing left to read (read whole, or empty) leaves
+        // the connection reusable even when nobody asked for its end.
+        if self.body.as_ref().is_some_and(Incoming::is_end_stream)
+            && let Some(lent) = self.lent.take()
+        {
+            lent.give_back();
+        }
+    }
+}
 
 impl UpstreamResponse {
+    fn new(response: Response<Incoming>, lent: Option<Lent>) -> Self {
+        let (head, body) = response.into_parts();
+        Self {
+            head,
+            body: Some(body),
+            lent,
+        }
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
-        self.0.status()
+        self.head.status
     }
 
     /// The headers.
     pub fn headers(&self) -> &HeaderMap {
-        self.0.headers()
+        &self.head.headers
     }
 
     /// The whole body. Nearly every answer arrives in one frame, which is
@@ -140,9 +222,17 @@ impl UpstreamResponse {
 
     /// The next chunk of the body, `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, TransportError> {
+        let Some(body) = self.body.as_mut() else {
+            return Ok(None);
+        };
         loop {
-            match self.0.body_mut().frame().await {
-                None => return Ok(None),
+            match body.frame().await {
+                None => {
+                    if let Some(lent) = self.lent.take() {
+                        lent.give_back();
+                    }
+                    return Ok(None);
+                }
                 Some(Err(error)) => return Err(error.into()),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -154,8 +244,46 @@ impl UpstreamResponse {
     }
 
     /// The body as a stream of chunks.
-    pub fn bytes_stream(self) -> impl Stream<Item = Result<Bytes, TransportError>> + Send {
-        BodyDataStream::new(self.0.into_body()).map_err(TransportError::from)
+    pub fn bytes_stream(mut self) -> impl Stream<Item = Result<Bytes, TransportError>> + Send {
+        BodyChunks {
+            body: self.body.take(),
+            lent: self.lent.take(),
+        }
+    }
+}
+
+/// A response body as a stream of its data chunks, giving the connection
+/// back at the end.
+struct BodyChunks {
+    body: Option<Incoming>,
+    lent: Option<Lent>,
+}
+
+impl Stream for BodyChunks {
+    type Item = Result<Bytes, TransportError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    if let Some(lent) = this.lent.take() {
+                        lent.give_back();
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -168,6 +296,14 @@ pub struct TransportError {
 }
 
 impl TransportError {
+    /// A failure to make a connection.
+    pub(crate) fn connect(message: String) -> Self {
+        Self {
+            connect: true,
+            message,
+        }
+    }
+
     /// Whether no connection was made.
     pub fn is_connect(&self) -> bool {
         self.connect
@@ -230,7 +366,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let error = runtime.block_on(request.send(&client)).unwrap_err();
+        let transport = client.transport(&url::Url::parse("http://127.0.0.1:9/").unwrap());
+        let error = runtime.block_on(request.send(&transport)).unwrap_err();
         assert!(error.is_connect());
         assert_eq!(error.to_string(), "bad url");
     }

@@ -29,7 +29,7 @@ use switchyard_core::{
     CallContext, ConfigError, ProviderError, Secret, TimeoutPhase, UpstreamCategory, UpstreamError,
 };
 
-use crate::client::{HttpClient, TransportError, UpstreamRequest, UpstreamResponse};
+use crate::client::{HttpClient, Transport, TransportError, UpstreamRequest, UpstreamResponse};
 use crate::wire::ErrorFields;
 
 /// Connection-pool settings shared by every provider a factory builds.
@@ -79,7 +79,7 @@ pub struct Upstream {
     base_url: String,
     // Parsed once: parsing a URL string per request cost ~20k instructions.
     endpoints: Vec<(&'static str, Uri)>,
-    client: HttpClient,
+    transport: Transport,
     headers: HeaderMap,
     secret: Option<Secret>,
 }
@@ -110,6 +110,18 @@ fn plain_http_host(url: &url::Url) -> Option<HeaderValue> {
         None => host.to_owned(),
     };
     HeaderValue::from_str(&value).ok()
+}
+
+/// The request target for `url`: origin-form (`/v1/chat/completions`) on
+/// a plain-HTTP connection of the host's pool, which sends it as it is,
+/// and absolute for hyper-util's client, which picks the connection by it.
+fn target_uri(transport: &Transport, url: &str) -> Result<Uri, http::uri::InvalidUri> {
+    let uri = url.parse::<Uri>()?;
+    Ok(match (transport, uri.path_and_query()) {
+        (Transport::Plain(_), Some(origin)) => Uri::from(origin.clone()),
+        (Transport::Plain(_), None) => Uri::from_static("/"),
+        (Transport::Tls(_), _) => uri,
+    })
 }
 
 /// Endpoints whose URLs are parsed once per provider.
@@ -201,12 +213,12 @@ impl Upstream {
         if let Some(host) = plain_http_host(&url) {
             headers.entry(HOST).or_insert(host);
         }
+        let transport = client.transport(&url);
         let trimmed = base_url.trim_end_matches('/');
         let endpoints = KNOWN_PATHS
             .iter()
             .map(|path| {
-                format!("{trimmed}{path}")
-                    .parse::<Uri>()
+                target_uri(&transport, &format!("{trimmed}{path}"))
                     .map(|uri| (*path, uri))
                     .map_err(|e| ConfigError::single("base_url", format!("'{base_url}': {e}")))
             })
@@ -215,7 +227,7 @@ impl Upstream {
             provider_id: provider_id.to_owned(),
             base_url: trimmed.to_owned(),
             endpoints,
-            client,
+            transport,
             headers,
             secret,
         })
@@ -257,8 +269,7 @@ impl Upstream {
             .map(|(_, uri)| uri.clone());
         let uri = match known {
             Some(uri) => Ok(uri),
-            None => format!("{}{}", self.base_url, path)
-                .parse::<Uri>()
+            None => target_uri(&self.transport, &format!("{}{}", self.base_url, path))
                 .map_err(|e| format!("invalid upstream URL for '{path}': {e}")),
         };
         // A clone of the fixed headers would have no spare room (a cloned
@@ -298,7 +309,7 @@ impl Upstream {
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, ProviderError> {
         request
-            .send(&self.client)
+            .send(&self.transport)
             .await
             .map_err(|e| transport_error(e, self.secret.as_ref()))
     }

@@ -13,6 +13,7 @@
 //!   OpenAI ⇄ Anthropic translation (public, for the server's `/v1/messages`).
 //! - [`mock`]: core's scriptable provider driven by `[providers.mock]`.
 //! - [`http`]: the pooled client, status + body + headers → classified error.
+//! - `pool`: the HTTP/1 connections of plain-HTTP upstreams, per host.
 //! - [`sse`]: the server-sent-events parser.
 //! - [`stream`]: completeness, in-band errors and malformed events of streams.
 //! - [`wire`]: serde wire types of the upstream APIs.
@@ -46,6 +47,7 @@ pub mod factory;
 pub mod http;
 pub mod mock;
 pub mod openai;
+mod pool;
 pub mod sse;
 pub mod stream;
 pub mod wire;
