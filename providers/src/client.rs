@@ -5,7 +5,7 @@
 //! proxies, so reqwest's per-request layers (redirect policy, proxy
 //! matching, URL conversion, connector clones) were pure overhead — about
 //! 12 µs a request on the bench machine. Plain `http://` upstreams go
-//! through [`crate::pool`], which does less per request than hyper-util's
+//! through the `pool` module, which does less per request than hyper-util's
 //! pool; `https://` ones through hyper-util's client, for ALPN and HTTP/2.
 
 use std::fmt;

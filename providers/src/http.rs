@@ -653,6 +653,29 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_targets_are_origin_form_and_tls_ones_absolute() {
+        let client = build_client(&HttpOptions::default()).unwrap();
+        let target = |base: &str, path: &str| {
+            let transport = client.transport(&url::Url::parse(base).unwrap());
+            target_uri(&transport, &format!("{base}{path}"))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            target("http://127.0.0.1:8000/v1", "/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            target("http://[::1]:8000", "/models?limit=5"),
+            "/models?limit=5"
+        );
+        assert_eq!(
+            target("https://api.openai.com/v1", "/chat/completions"),
+            "https://api.openai.com/v1/chat/completions"
+        );
+    }
+
+    #[test]
     fn plain_http_base_urls_get_their_host_header_made_once() {
         let host = |url: &str| {
             plain_http_host(&url::Url::parse(url).unwrap()).map(|v| v.to_str().unwrap().to_owned())

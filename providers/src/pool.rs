@@ -274,3 +274,44 @@ fn spawn_reaper(pool: &Arc<HostPool>) -> bool {
 fn reap_period(options: &HttpOptions) -> Duration {
     (options.pool_idle_timeout / 4).max(Duration::from_millis(10))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_have_a_host_address() {
+        let address = |url: &str| HostAddress::of(&url::Url::parse(url).unwrap());
+        assert_eq!(
+            address("http://127.0.0.1:8000/v1"),
+            Some(HostAddress::Ip("127.0.0.1:8000".parse().unwrap()))
+        );
+        assert_eq!(
+            address("http://[::1]/v1"),
+            Some(HostAddress::Ip("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(
+            address("http://vllm.internal:8000"),
+            Some(HostAddress::Name("vllm.internal".into(), 8000))
+        );
+        assert_eq!(address("https://api.openai.com/v1"), None);
+    }
+
+    #[test]
+    fn providers_of_one_client_on_one_host_share_a_pool() {
+        let pools = HostPools::default();
+        let options = HttpOptions::default();
+        let local = HostAddress::Name("localhost".into(), 8000);
+        let first = pools.get(local.clone(), &options);
+        let second = pools.get(local.clone(), &options);
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = pools.get(HostAddress::Name("localhost".into(), 8001), &options);
+        assert!(!Arc::ptr_eq(&first, &other));
+        drop((first, second));
+        // A host nobody uses any more is forgotten; the next provider on
+        // it starts a new pool.
+        let again = pools.get(local, &options);
+        assert_eq!(Arc::strong_count(&again), 1);
+        assert_eq!(pools.hosts.lock().len(), 2);
+    }
+}
