@@ -16,6 +16,10 @@
 //! Reported: requests/s, p50/p99 as wrk measures them (raw, not corrected
 //! for coordinated omission), p50 added over direct, the proxy's CPU time
 //! per request (from `/proc/PID/stat`) and its peak RSS (`VmHWM`).
+//! At one connection the four targets take turns in one-second rounds
+//! instead: a proxy adds a few microseconds there, less than the machine
+//! drifts between runs seconds apart, so each round's p50s are compared
+//! with that round's direct one and the medians are reported.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -241,6 +245,28 @@ struct Cell {
     cpu_us_per_request: Option<f64>,
     rss_mib: Option<f64>,
     errors: u64,
+    /// The median over rounds of this target's p50 less direct's in the
+    /// same round (one-connection cells).
+    paired_added_p50_us: Option<f64>,
+}
+
+impl Cell {
+    /// p50 added over `direct`: paired by rounds when measured so.
+    fn added_p50_us(&self, direct: &Cell) -> f64 {
+        self.paired_added_p50_us
+            .unwrap_or(self.p50_us - direct.p50_us)
+    }
+}
+
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn parse_latency(value: &str) -> Option<f64> {
@@ -480,7 +506,93 @@ async fn measure(
         cpu_us_per_request: cpu,
         rss_mib: pid.map(|p| family_rss(p) as f64 / 1024.0),
         errors,
+        paired_added_p50_us: None,
     })
+}
+
+/// What one wrk run of a round gave, and the CPU ticks the target used.
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+    ticks: Option<u64>,
+}
+
+/// One connection, `options.seconds` rounds: in each, every target gets
+/// one second of load in turn (`targets[0]` is direct). A cell's p50 and
+/// p99 are the medians of its rounds', its added p50 the median of its
+/// per-round differences from direct, its rate and CPU per request
+/// those of all its rounds together.
+async fn measure_in_rounds(
+    targets: &[(&'static str, &str, Option<u32>)],
+    dir: &Path,
+    options: &Options,
+    stream: bool,
+) -> Result<Vec<Cell>, String> {
+    let script = lua_script(dir, stream)?;
+    let endpoints: Vec<String> = targets
+        .iter()
+        .map(|(_, url, _)| format!("{url}/v1/chat/completions"))
+        .collect();
+    for endpoint in &endpoints {
+        wrk(endpoint, &script, 1, 2).await?;
+    }
+    let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..options.seconds.max(1) {
+        for ((_, _, pid), (endpoint, runs)) in
+            targets.iter().zip(endpoints.iter().zip(&mut samples))
+        {
+            let before = pid.map(family_ticks);
+            let (rps, p50_us, p99_us, errors) = wrk(endpoint, &script, 1, 1).await?;
+            let ticks = pid
+                .map(family_ticks)
+                .zip(before)
+                .map(|(a, b)| a.saturating_sub(b));
+            runs.push(Sample {
+                rps,
+                p50_us,
+                p99_us,
+                errors,
+                ticks,
+            });
+        }
+    }
+    let direct_p50s: Vec<f64> = samples
+        .first()
+        .map(|runs| runs.iter().map(|s| s.p50_us).collect())
+        .unwrap_or_default();
+    let cells = targets
+        .iter()
+        .zip(&samples)
+        .enumerate()
+        .map(|(at, ((target, _, pid), runs))| {
+            let requests: f64 = runs.iter().map(|s| s.rps).sum();
+            let ticks: Option<u64> = runs.iter().map(|s| s.ticks).sum();
+            Cell {
+                target,
+                connections: 1,
+                stream,
+                rps: requests / runs.len().max(1) as f64,
+                p50_us: median(runs.iter().map(|s| s.p50_us).collect()),
+                p99_us: median(runs.iter().map(|s| s.p99_us).collect()),
+                cpu_us_per_request: ticks
+                    .filter(|_| requests > 0.0)
+                    .map(|t| t as f64 / 100.0 * 1e6 / requests),
+                rss_mib: pid.map(|p| family_rss(p) as f64 / 1024.0),
+                errors: runs.iter().map(|s| s.errors).sum(),
+                paired_added_p50_us: (at > 0).then(|| {
+                    median(
+                        runs.iter()
+                            .zip(&direct_p50s)
+                            .map(|(s, direct)| s.p50_us - direct)
+                            .collect(),
+                    )
+                }),
+            }
+        })
+        .collect();
+    Ok(cells)
 }
 
 fn find<'a>(cells: &'a [Cell], target: &str, connections: u32, stream: bool) -> Option<&'a Cell> {
@@ -511,9 +623,10 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
     // runs seconds apart: this machine's speed drifts over minutes. The
     // idle proxies wait on their sockets meanwhile and take no CPU.
     let mut cells = Vec::new();
-    for shape in [(false, 1), (false, 64), (true, 1), (true, 64)] {
+    for stream in [false, true] {
+        cells.extend(measure_in_rounds(&targets, &dir, &options, stream).await?);
         for (target, url, pid) in targets {
-            cells.push(measure(target, url, pid, &dir, &options, shape).await?);
+            cells.push(measure(target, url, pid, &dir, &options, (stream, 64)).await?);
         }
     }
     let order = |target: &str| targets.iter().position(|t| t.0 == target);
@@ -521,8 +634,10 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n## Switchyard bench ({} s per cell, {} providers for the model)\n",
-        options.seconds, options.providers
+        "\n## Switchyard bench ({} s per cell, {} providers for the model; one connection: {} one-second rounds per target, medians, added p50 paired by round)\n",
+        options.seconds,
+        options.providers,
+        options.seconds.max(1)
     );
     let _ = writeln!(
         out,
@@ -531,7 +646,7 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for cell in &cells {
         let added = find(&cells, "direct", cell.connections, cell.stream)
-            .map(|d| format!("{:.0} µs", cell.p50_us - d.p50_us))
+            .map(|d| format!("{:.0} µs", cell.added_p50_us(d)))
             .unwrap_or_default();
         let _ = writeln!(
             out,
@@ -567,7 +682,7 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
             continue;
         };
         let throughput = sy64.rps / ng64.rps;
-        let added = (sy1.p50_us - d1.p50_us) / (ng1.p50_us - d1.p50_us).max(1.0);
+        let added = sy1.added_p50_us(d1) / ng1.added_p50_us(d1).max(1.0);
         let cpu = match (sy64.cpu_us_per_request, ng64.cpu_us_per_request) {
             (Some(s), Some(n)) if n > 0.0 => s / n,
             _ => f64::NAN,
@@ -588,7 +703,7 @@ pub async fn run(root: &Path, server: &Path, options: Options) -> Result<bool, S
                 _ => f64::NAN,
             };
             let vs_hyper_throughput = sy64.rps / hy64.rps;
-            let vs_hyper_added = (sy1.p50_us - d1.p50_us) / (hy1.p50_us - d1.p50_us).max(1.0);
+            let vs_hyper_added = sy1.added_p50_us(d1) / hy1.added_p50_us(d1).max(1.0);
             let vs_hyper_cpu = match (sy64.cpu_us_per_request, hy64.cpu_us_per_request) {
                 (Some(s), Some(h)) if h > 0.0 => s / h,
                 _ => f64::NAN,
