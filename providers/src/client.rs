@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -225,22 +225,10 @@ impl UpstreamResponse {
         let Some(body) = self.body.as_mut() else {
             return Ok(None);
         };
-        loop {
-            match body.frame().await {
-                None => {
-                    if let Some(lent) = self.lent.take() {
-                        lent.give_back();
-                    }
-                    return Ok(None);
-                }
-                Some(Err(error)) => return Err(error.into()),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Ok(Some(data));
-                    }
-                }
-            }
-        }
+        let lent = &mut self.lent;
+        std::future::poll_fn(|cx| poll_data(body, lent, cx))
+            .await
+            .transpose()
     }
 
     /// The body as a stream of chunks.
@@ -264,23 +252,33 @@ impl Stream for BodyChunks {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(body) = this.body.as_mut() else {
-            return Poll::Ready(None);
-        };
-        loop {
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    if let Some(lent) = this.lent.take() {
-                        lent.give_back();
-                    }
-                    return Poll::Ready(None);
+        match this.body.as_mut() {
+            Some(body) => poll_data(body, &mut this.lent, cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// The next data chunk of `body` (trailers skipped), giving the lent
+/// connection back at the body's end.
+fn poll_data(
+    body: &mut Incoming,
+    lent: &mut Option<Lent>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Bytes, TransportError>>> {
+    loop {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                if let Some(lent) = lent.take() {
+                    lent.give_back();
                 }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Poll::Ready(Some(Ok(data)));
-                    }
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    return Poll::Ready(Some(Ok(data)));
                 }
             }
         }

@@ -209,22 +209,21 @@ impl HostPool {
     /// not name the address: they may reach clients, to whom the
     /// upstream's address is none of their business.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, TransportError> {
-        let connect_error = |message: String| TransportError::connect(message);
         let stream = tokio::time::timeout(self.options.connect_timeout, self.address.connect())
             .await
             .map_err(|_| {
-                connect_error(format!(
+                TransportError::connect(format!(
                     "tcp connect timed out after {:?}",
                     self.options.connect_timeout
                 ))
             })?
-            .map_err(|e| connect_error(format!("tcp connect error: {e}")))?;
+            .map_err(|e| TransportError::connect(format!("tcp connect error: {e}")))?;
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(self.options.tcp_keepalive);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| connect_error(format!("http handshake error: {e}")))?;
+            .map_err(|e| TransportError::connect(format!("http handshake error: {e}")))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended");
