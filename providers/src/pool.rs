@@ -182,6 +182,17 @@ impl HostPool {
                 },
             }
         }
+        // Boxed: the connect and handshake futures would otherwise sit in
+        // this future and in every one around it, and be copied with
+        // them on each request, though connections are rarely new.
+        Box::pin(self.send_on_new_connection(request)).await
+    }
+
+    /// Sends `request` on a connection opened for it.
+    async fn send_on_new_connection(
+        self: &Arc<Self>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lent), TransportError> {
         let mut sender = self.connect().await?;
         let response = sender.send_request(request).await?;
         Ok((response, self.lend(sender)))
