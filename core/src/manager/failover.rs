@@ -171,6 +171,16 @@ pub struct FailoverResult<T> {
     pub deployment: Arc<Deployment>,
 }
 
+/// The route config of `model`, or the defaults when it has none.
+fn route_or_default<'a>(
+    routes: &'a std::collections::BTreeMap<String, RouteConfig>,
+    model: &str,
+) -> &'a RouteConfig {
+    static NO_ROUTE: std::sync::LazyLock<RouteConfig> =
+        std::sync::LazyLock::new(RouteConfig::default);
+    routes.get(model).unwrap_or(&NO_ROUTE)
+}
+
 /// A first attempt made before the failover loop, which failed: where the
 /// loop picks up.
 struct FirstAttempt {
@@ -298,19 +308,8 @@ impl ProviderManager {
     ) -> Option<(ProviderHandle, Attempt, Instant)> {
         let inner = &self.inner;
         let registry = inner.registry.load();
-        let no_route;
-        let route = match registry.routes.get(&options.model) {
-            Some(route) => route,
-            None => {
-                no_route = RouteConfig::default();
-                &no_route
-            }
-        };
-        let timeout = options
-            .timeout
-            .or(route.request_timeout)
-            .unwrap_or(inner.options.request_timeout);
-        let deadline = Instant::now() + timeout;
+        let route = route_or_default(&registry.routes, &options.model);
+        let deadline = Instant::now() + self.request_timeout(route, options);
         if Instant::now() >= deadline {
             return None;
         }
@@ -331,6 +330,15 @@ impl ProviderManager {
         let ctx = self.attempt_context(route, options, deadline);
         let attempt = Attempt::on(&handle, 1, deadline, ctx, false, None);
         Some((handle, attempt, deadline))
+    }
+
+    /// How long a request may take in all: its own timeout, else its
+    /// route's, else the manager's.
+    fn request_timeout(&self, route: &RouteConfig, options: &FailoverOptions) -> Duration {
+        options
+            .timeout
+            .or(route.request_timeout)
+            .unwrap_or(self.inner.options.request_timeout)
     }
 
     /// The call context every attempt of a request starts from.
@@ -567,25 +575,14 @@ impl ProviderManager {
         // registry: no copy of its config per request, and one consistent
         // view even if an operator changes it meanwhile.
         let registry = inner.registry.load_full();
-        let no_route;
-        let route = match registry.routes.get(&options.model) {
-            Some(route) => route,
-            None => {
-                no_route = RouteConfig::default();
-                &no_route
-            }
-        };
+        let route = route_or_default(&registry.routes, &options.model);
         let max_retries = options
             .max_retries
             .or(route.max_retries)
             .unwrap_or(inner.options.max_retries);
-        let timeout = options
-            .timeout
-            .or(route.request_timeout)
-            .unwrap_or(inner.options.request_timeout);
         let deadline = match &first {
             Some(first) => first.deadline,
-            None => Instant::now() + timeout,
+            None => Instant::now() + self.request_timeout(route, &options),
         };
         let wait_cap = route
             .retry_after_cap
