@@ -181,6 +181,24 @@ fn route_or_default<'a>(
     routes.get(model).unwrap_or(&NO_ROUTE)
 }
 
+/// The trail's record of attempt `attempt` on `handle`.
+fn attempt_record(
+    attempt: u32,
+    handle: &ProviderHandle,
+    outcome: &'static str,
+    status: Option<u16>,
+    duration: Duration,
+) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        provider_id: handle.provider_id_shared(),
+        model: handle.model_shared(),
+        outcome,
+        status,
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 /// A first attempt made before the failover loop, which failed: where the
 /// loop picks up.
 struct FirstAttempt {
@@ -267,23 +285,8 @@ impl ProviderManager {
         let started = Instant::now();
         match run(&handle, attempt).await {
             Ok(result) => {
-                self.inner.counters.success();
-                Ok(FailoverResult {
-                    result,
-                    provider_id: handle.provider_id_shared(),
-                    model: handle.model_shared(),
-                    attempts: 1,
-                    trail: vec![AttemptRecord {
-                        attempt: 1,
-                        provider_id: handle.provider_id_shared(),
-                        model: handle.model_shared(),
-                        outcome: "ok",
-                        status: None,
-                        duration_ms: u64::try_from(started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
-                    }],
-                    deployment: Arc::clone(handle.deployment()),
-                })
+                let record = attempt_record(1, &handle, "ok", None, started.elapsed());
+                Ok(self.answered(result, &handle, 1, vec![record]))
             }
             Err(error) => {
                 let first = FirstAttempt {
@@ -330,6 +333,26 @@ impl ProviderManager {
         let ctx = self.attempt_context(route, options, deadline);
         let attempt = Attempt::on(&handle, 1, deadline, ctx, false, None);
         Some((handle, attempt, deadline))
+    }
+
+    /// A request answered on `handle` at attempt `attempts`: counted, with
+    /// its trail.
+    fn answered<T>(
+        &self,
+        result: T,
+        handle: &ProviderHandle,
+        attempts: u32,
+        trail: Vec<AttemptRecord>,
+    ) -> FailoverResult<T> {
+        self.inner.counters.success();
+        FailoverResult {
+            result,
+            provider_id: handle.provider_id_shared(),
+            model: handle.model_shared(),
+            attempts,
+            trail,
+            deployment: Arc::clone(handle.deployment()),
+        }
     }
 
     /// How long a request may take in all: its own timeout, else its
@@ -740,26 +763,13 @@ impl ProviderManager {
                     let outcome = run(&handle, attempt).await;
                     (handle, outcome, started.elapsed())
                 };
-                let record = |outcome: &'static str, status: Option<u16>| AttemptRecord {
-                    attempt: attempt_no,
-                    provider_id: handle.provider_id_shared(),
-                    model: handle.model_shared(),
-                    outcome,
-                    status,
-                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                let record = |outcome: &'static str, status: Option<u16>| {
+                    attempt_record(attempt_no, &handle, outcome, status, duration)
                 };
                 let error = match outcome {
                     Ok(result) => {
                         trail.push(record("ok", None));
-                        inner.counters.success();
-                        return Ok(FailoverResult {
-                            result,
-                            provider_id: handle.provider_id_shared(),
-                            model: handle.model_shared(),
-                            attempts: attempt_no,
-                            trail,
-                            deployment: Arc::clone(handle.deployment()),
-                        });
+                        return Ok(self.answered(result, &handle, attempt_no, trail));
                     }
                     Err(error) => error,
                 };
@@ -839,38 +849,25 @@ impl ProviderManager {
                     );
                     let started = Instant::now();
                     let outcome = run(&handle, attempt).await;
-                    let duration_ms =
-                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    let mut record = AttemptRecord {
-                        attempt: 1,
-                        provider_id: handle.provider_id_shared(),
-                        model: handle.model_shared(),
-                        outcome: "ok",
-                        status: None,
-                        duration_ms,
-                    };
+                    let duration = started.elapsed();
                     match outcome {
                         Ok(result) => {
-                            trail.push(record);
-                            inner.counters.success();
-                            return Ok(FailoverResult {
-                                result,
-                                provider_id: handle.provider_id_shared(),
-                                model: handle.model_shared(),
-                                attempts: 1,
-                                trail,
-                                deployment: Arc::clone(handle.deployment()),
-                            });
+                            trail.push(attempt_record(1, &handle, "ok", None, duration));
+                            return Ok(self.answered(result, &handle, 1, trail));
                         }
                         Err(error) => {
-                            record.outcome = error.kind();
-                            record.status = error.status();
-                            trail.push(record);
+                            trail.push(attempt_record(
+                                1,
+                                &handle,
+                                error.kind(),
+                                error.status(),
+                                duration,
+                            ));
                             self.note_failure(
                                 &handle,
                                 &error,
                                 1,
-                                started.elapsed(),
+                                duration,
                                 options.request_id.as_deref(),
                             );
                             last_error = Some(error);
