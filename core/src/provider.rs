@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::config::ProviderConfig;
-use crate::error::{ConfigError, ProviderError};
+use crate::error::{ConfigError, ProviderError, TimeoutPhase};
 use crate::json::RawChatResponse;
 use crate::types::{
     ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
@@ -126,7 +126,26 @@ impl CallContext {
             None => limit,
         }
     }
+
+    /// When a call given `limit` from now must end, and the phase to blame
+    /// if it does: `phase`, or `Deadline` when the request deadline comes
+    /// first. One clock read, for `tokio::time::timeout_at`.
+    pub fn expiry(&self, limit: Duration, phase: TimeoutPhase) -> (Instant, TimeoutPhase) {
+        let now = Instant::now();
+        match (self.deadline, now.checked_add(limit)) {
+            (Some(deadline), Some(by_limit)) if deadline <= by_limit => {
+                (deadline, TimeoutPhase::Deadline)
+            }
+            (Some(deadline), None) => (deadline, TimeoutPhase::Deadline),
+            (_, Some(by_limit)) => (by_limit, phase),
+            // A limit too long for the clock: never, in practice.
+            (None, None) => (now.checked_add(FAR_FUTURE).unwrap_or(now), phase),
+        }
+    }
 }
+
+/// What "no limit" means to [`CallContext::expiry`]: about thirty years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// One upstream LLM provider.
 ///
@@ -311,5 +330,26 @@ mod tests {
         };
         assert_eq!(ctx.bounded(Duration::from_secs(10)), Duration::from_secs(3));
         assert_eq!(ctx.bounded(Duration::from_secs(1)), Duration::from_secs(1));
+        let now = Instant::now();
+        let response = TimeoutPhase::Response;
+        assert_eq!(
+            ctx.expiry(Duration::from_secs(10), response),
+            (now + Duration::from_secs(3), TimeoutPhase::Deadline)
+        );
+        assert_eq!(
+            ctx.expiry(Duration::from_secs(1), response),
+            (now + Duration::from_secs(1), response)
+        );
+        // No deadline, and a limit past what the clock can add.
+        let open = CallContext::default();
+        assert_eq!(
+            open.expiry(Duration::from_secs(5), response),
+            (now + Duration::from_secs(5), response)
+        );
+        assert_eq!(open.expiry(Duration::MAX, response).1, response);
+        assert_eq!(
+            ctx.expiry(Duration::MAX, response),
+            (now + Duration::from_secs(3), TimeoutPhase::Deadline)
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use smallvec::SmallVec;
 use tokio::time::Instant;
@@ -242,6 +242,28 @@ fn backoff(retry: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }
 
+/// A call's result without its latency.
+type Untimed<Fut, T> = futures_util::future::Map<
+    Fut,
+    fn((Result<T, ProviderError>, Duration)) -> Result<T, ProviderError>,
+>;
+
+/// `execute_with_failover`'s attempt runner, which returns each call's
+/// latency as its guard timed it, for the failover loop, which times its
+/// attempts itself.
+fn untimed<T, R, Fut>(mut run: R) -> impl FnMut(&ProviderHandle, Attempt) -> Untimed<Fut, T>
+where
+    R: FnMut(&ProviderHandle, Attempt) -> Fut,
+    Fut: Future<Output = (Result<T, ProviderError>, Duration)>,
+{
+    fn result_only<T>(
+        (result, _): (Result<T, ProviderError>, Duration),
+    ) -> Result<T, ProviderError> {
+        result
+    }
+    move |handle, attempt| run(handle, attempt).map(result_only::<T> as fn(_) -> _)
+}
+
 /// The deployment of the previous attempt (shared, not copied names),
 /// to tell a provider switch from a retry on the same one.
 struct Previous {
@@ -269,8 +291,9 @@ impl ProviderManager {
             let call = Box::pin(op(attempt));
             async move {
                 let result = bounded(&ctx, ctx.response_timeout, call).await;
-                guard.finish(&result);
-                result
+                // The guard's clock reads time the attempt too.
+                let took = guard.finish(&result);
+                (result, took)
             }
         };
         // Most requests succeed on the first deployment picked. That
@@ -280,22 +303,22 @@ impl ProviderManager {
         // runs only when this attempt fails, taking up after it, or when
         // no deployment could be picked at once.
         let Some((handle, attempt, deadline)) = self.first_attempt(&options) else {
-            return Box::pin(self.drive(options, DriveExtras::default(), None, run)).await;
+            return Box::pin(self.drive(options, DriveExtras::default(), None, untimed(run))).await;
         };
-        let started = Instant::now();
         match run(&handle, attempt).await {
-            Ok(result) => {
-                let record = attempt_record(1, &handle, "ok", None, started.elapsed());
+            (Ok(result), took) => {
+                let record = attempt_record(1, &handle, "ok", None, took);
                 Ok(self.answered(result, &handle, 1, vec![record]))
             }
-            Err(error) => {
+            (Err(error), took) => {
                 let first = FirstAttempt {
                     handle,
                     error,
-                    duration: started.elapsed(),
+                    duration: took,
                     deadline,
                 };
-                Box::pin(self.drive(options, DriveExtras::default(), Some(first), run)).await
+                Box::pin(self.drive(options, DriveExtras::default(), Some(first), untimed(run)))
+                    .await
             }
         }
     }
@@ -312,8 +335,9 @@ impl ProviderManager {
         let inner = &self.inner;
         let registry = inner.registry.load();
         let route = route_or_default(&registry.routes, &options.model);
-        let deadline = Instant::now() + self.request_timeout(route, options);
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        let deadline = now + self.request_timeout(route, options);
+        if now >= deadline {
             return None;
         }
         let request = SelectRequest {
@@ -328,7 +352,7 @@ impl ProviderManager {
             require_prefill: false,
         };
         let handle = self.select(&request).ok()?;
-        inner.budget.deposit(inner.clock.now_ms());
+        inner.budget.deposit(inner.clock.ms_at(now));
         inner.counters.request();
         let ctx = self.attempt_context(route, options, deadline);
         let attempt = Attempt::on(&handle, 1, deadline, ctx, false, None);

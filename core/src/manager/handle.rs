@@ -188,7 +188,8 @@ impl ProviderHandle {
     /// Starts recording one call: in-flight now, outcome when finished.
     pub fn begin(&self) -> CallGuard {
         let probe = self.probe.swap(false, Ordering::AcqRel);
-        let now_ms = self.inner.clock.now_ms();
+        let started = Instant::now();
+        let now_ms = self.inner.clock.ms_at(started);
         let reserved = self.reserved.swap(false, Ordering::AcqRel);
         if !reserved {
             // A second call through the same handle: count it, uncapped.
@@ -203,7 +204,8 @@ impl ProviderHandle {
             probe,
             panic: self.panic,
             reserved_tokens: if reserved { self.reserved_tokens } else { 0 },
-            started: Instant::now(),
+            started,
+            ended_ms: 0,
             finished: false,
             failed: false,
         }
@@ -323,13 +325,8 @@ pub(crate) async fn bounded<T>(
     limit: Duration,
     call: impl Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, ProviderError> {
-    let phase = match ctx.deadline {
-        Some(deadline) if deadline.saturating_duration_since(Instant::now()) <= limit => {
-            TimeoutPhase::Deadline
-        }
-        _ => TimeoutPhase::Response,
-    };
-    match tokio::time::timeout(ctx.bounded(limit), call).await {
+    let (expiry, phase) = ctx.expiry(limit, TimeoutPhase::Response);
+    match tokio::time::timeout_at(expiry, call).await {
         Ok(result) => result,
         Err(_) => Err(ProviderError::Timeout { phase }),
     }
@@ -343,6 +340,9 @@ pub struct CallGuard {
     panic: bool,
     reserved_tokens: u64,
     started: Instant,
+    /// The clock stamp of the outcome once recorded (0: not yet), for
+    /// `drop` to use rather than read the clock again.
+    ended_ms: u64,
     finished: bool,
     failed: bool,
 }
@@ -379,28 +379,40 @@ impl CallGuard {
         }
     }
 
-    /// Records success.
-    pub fn succeed(mut self) {
+    /// Ends the call now: its latency, and the stamp of now.
+    fn end(&mut self) -> (Duration, u64) {
+        let ended = Instant::now();
         self.finished = true;
-        self.inner
-            .record_success(&self.deployment, self.started.elapsed(), self.probe);
+        self.ended_ms = self.inner.clock.ms_at(ended);
+        (ended.saturating_duration_since(self.started), self.ended_ms)
     }
 
-    /// Records a failure (a `Cancelled` error records a cancellation).
-    pub fn fail(mut self, error: &ProviderError) {
-        self.finished = true;
+    /// Records success; the call's latency.
+    pub fn succeed(mut self) -> Duration {
+        let (latency, now_ms) = self.end();
+        self.inner
+            .record_success(&self.deployment, latency, self.probe, now_ms);
+        latency
+    }
+
+    /// Records a failure (a `Cancelled` error records a cancellation); the
+    /// call's latency.
+    pub fn fail(mut self, error: &ProviderError) -> Duration {
+        let (latency, now_ms) = self.end();
         self.failed = !matches!(error, ProviderError::Cancelled);
         self.inner.record_failure(
             &self.deployment,
             error,
-            self.started.elapsed(),
+            latency,
             self.probe,
             self.panic,
+            now_ms,
         );
+        latency
     }
 
-    /// Records the outcome of `result`.
-    pub fn finish<T>(self, result: &Result<T, ProviderError>) {
+    /// Records the outcome of `result`; the call's latency.
+    pub fn finish<T>(self, result: &Result<T, ProviderError>) -> Duration {
         match result {
             Ok(_) => self.succeed(),
             Err(error) => self.fail(error),
@@ -410,7 +422,11 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let now_ms = self.inner.clock.now_ms();
+        let now_ms = if self.ended_ms == 0 {
+            self.inner.clock.now_ms()
+        } else {
+            self.ended_ms
+        };
         self.deployment.state().end_call();
         self.deployment
             .provider_state()

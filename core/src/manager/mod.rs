@@ -283,8 +283,8 @@ impl ManagerInner {
         }
     }
 
-    pub fn record_success(&self, d: &Deployment, latency: Duration, probe: bool) {
-        let now_ms = self.clock.now_ms();
+    /// Records a call's success, `now_ms` being when it ended.
+    pub fn record_success(&self, d: &Deployment, latency: Duration, probe: bool, now_ms: u64) {
         let state = d.state();
         state.observe(now_ms, latency, true);
         if self.metrics_on() {
@@ -326,6 +326,7 @@ impl ManagerInner {
         }
     }
 
+    /// Records a call's failure, `now_ms` being when it ended.
     pub fn record_failure(
         &self,
         d: &Deployment,
@@ -333,12 +334,12 @@ impl ManagerInner {
         latency: Duration,
         probe: bool,
         panic: bool,
+        now_ms: u64,
     ) {
         if matches!(error, ProviderError::Cancelled) {
             self.record_cancelled(d, probe);
             return;
         }
-        let now_ms = self.clock.now_ms();
         let state = d.state();
         if self.metrics_on() {
             metrics::counter!("switchyard_attempts_total", "provider" => d.provider_id().to_owned(), "outcome" => error.kind())
@@ -375,7 +376,7 @@ impl ManagerInner {
         if !error.counts_for_breaker() {
             // The deployment answered (a 4xx): a probe that got an answer proves it is alive.
             if probe {
-                self.record_success(d, latency, true);
+                self.record_success(d, latency, true, now_ms);
             }
             return;
         }
