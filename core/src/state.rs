@@ -226,7 +226,10 @@ impl RequestWindow {
     fn slot(&self, now_ms: u64) -> usize {
         let bucket = now_ms / BUCKET_MS;
         let index = usize::try_from(bucket % BUCKETS as u64).unwrap_or(0);
-        if self.stamp[index].swap(bucket, RELAXED) != bucket {
+        // Loaded first: the bucket is almost always current, and a swap is
+        // a locked read-modify-write even when it changes nothing.
+        let stamp = &self.stamp[index];
+        if stamp.load(RELAXED) != bucket && stamp.swap(bucket, RELAXED) != bucket {
             self.requests[index].store(0, RELAXED);
             self.failures[index].store(0, RELAXED);
         }

@@ -164,12 +164,12 @@ pub const DONE: &str = "data: [DONE]\n\n";
 /// time (the span is dropped, adding its duration, at the first item).
 pub struct UntilFirstItem<S> {
     inner: S,
-    span: Option<UpstreamSpan>,
+    span: Option<UpstreamSpan<'static>>,
 }
 
 impl<S> UntilFirstItem<S> {
     /// Times `inner` until its first item with `span`.
-    pub fn new(inner: S, span: UpstreamSpan) -> Self {
+    pub fn new(inner: S, span: UpstreamSpan<'static>) -> Self {
         Self {
             inner,
             span: Some(span),

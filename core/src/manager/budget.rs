@@ -46,7 +46,9 @@ impl RetryBudget {
         let second = now_ms / 1_000;
         let index = usize::try_from(second % self.slots.len() as u64).ok()?;
         let slot = self.slots.get(index)?;
-        if slot.second.swap(second, RELAXED) != second {
+        // Loaded first, as `RequestWindow` does: a swap is a locked
+        // read-modify-write even when it changes nothing.
+        if slot.second.load(RELAXED) != second && slot.second.swap(second, RELAXED) != second {
             slot.deposits.store(0, RELAXED);
             slot.withdrawals.store(0, RELAXED);
         }

@@ -31,7 +31,7 @@ use crate::state::{CircuitState, DeploymentState};
 use crate::stream::TimedStream;
 use crate::types::{ChatChunk, ChatStream, RawEvent, RawEventStream, RequestType, Usage};
 
-use super::handle::{GuardedRawStream, GuardedStream, bounded, first_byte};
+use super::handle::{GuardedRawStream, GuardedStream, bounded, first_byte, until};
 use super::resume::{DriveExtras, Opened, Resume, ResumeMode, ResumingStream, SharedOp, share};
 use super::{ProviderHandle, ProviderManager, SelectRequest};
 
@@ -283,14 +283,16 @@ impl ProviderManager {
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         let mut run = move |handle: &ProviderHandle, attempt: Attempt| {
-            let ctx = attempt.ctx.clone();
+            let (expiry, phase) = attempt
+                .ctx
+                .expiry(attempt.ctx.response_timeout, TimeoutPhase::Response);
             let guard = handle.begin();
             // Boxed once here: inline, the caller's future (about a
             // kilobyte) would sit in every enclosing future and be
             // copied each time one of them is built or moved.
             let call = Box::pin(op(attempt));
             async move {
-                let result = bounded(&ctx, ctx.response_timeout, call).await;
+                let result = until(expiry, phase, call).await;
                 // The guard's clock reads time the attempt too.
                 let took = guard.finish(&result);
                 (result, took)
@@ -399,7 +401,7 @@ impl ProviderManager {
         ctx.deadline = Some(deadline);
         ctx.request_id = options.request_id.clone();
         ctx.traceparent = options.traceparent.clone();
-        // Every attempt runs under `bounded`.
+        // Every attempt runs under `bounded` or `until`.
         ctx.bounded_by_caller = true;
         ctx
     }

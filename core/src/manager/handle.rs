@@ -74,10 +74,11 @@ impl Clone for ProviderHandle {
 
 impl Drop for ProviderHandle {
     fn drop(&mut self) {
-        if self.probe.swap(false, Ordering::AcqRel) {
+        // Owned here: plain reads, not locked swaps.
+        if std::mem::take(self.probe.get_mut()) {
             self.deployment.state().release_probe();
         }
-        if self.reserved.swap(false, Ordering::AcqRel) {
+        if std::mem::take(self.reserved.get_mut()) {
             self.deployment.release_reservation();
             self.deployment.limits().refund(self.reserved_tokens);
             self.inner.queue.notify();
@@ -187,7 +188,9 @@ impl ProviderHandle {
 
     /// Starts recording one call: in-flight now, outcome when finished.
     pub fn begin(&self) -> CallGuard {
-        let probe = self.probe.swap(false, Ordering::AcqRel);
+        // Loaded first: a handle is rarely the probe, and a swap is a
+        // locked read-modify-write even when it changes nothing.
+        let probe = self.probe.load(Ordering::Acquire) && self.probe.swap(false, Ordering::AcqRel);
         let started = Instant::now();
         let now_ms = self.inner.clock.ms_at(started);
         let reserved = self.reserved.swap(false, Ordering::AcqRel);
@@ -320,12 +323,22 @@ pub(crate) fn first_byte(error: ProviderError) -> ProviderError {
     }
 }
 
-pub(crate) async fn bounded<T>(
+/// `call`, bounded by `limit` from now and by `ctx`'s deadline.
+pub(crate) fn bounded<T>(
     ctx: &CallContext,
     limit: Duration,
     call: impl Future<Output = Result<T, ProviderError>>,
-) -> Result<T, ProviderError> {
+) -> impl Future<Output = Result<T, ProviderError>> {
     let (expiry, phase) = ctx.expiry(limit, TimeoutPhase::Response);
+    until(expiry, phase, call)
+}
+
+/// `call`, cut at `expiry` as a timeout of `phase`.
+pub(crate) async fn until<T>(
+    expiry: Instant,
+    phase: TimeoutPhase,
+    call: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
     match tokio::time::timeout_at(expiry, call).await {
         Ok(result) => result,
         Err(_) => Err(ProviderError::Timeout { phase }),

@@ -115,10 +115,9 @@ async fn unary(
                     Outgoing::Typed(Box::new(request))
                 }
             };
-            let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
-                let _timing = timer.span();
+                let _timing = upstream.span();
                 let pricing = attempt.deployment.pricing();
                 let response = match outgoing {
                     Outgoing::Forwarded(body) => {
@@ -166,7 +165,7 @@ async fn stream(
     } else {
         None
     };
-    let upstream = recorder.upstream();
+    let upstream = recorder.upstream().clone();
     let outcome = state
         .manager
         .execute_stream_with_failover(options, move |mut attempt| {
@@ -201,7 +200,7 @@ async fn stream(
             let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
-                let timing = timer.span();
+                let timing = timer.into_span();
                 let stream = match outgoing {
                     Outgoing::Forwarded(body) => {
                         attempt

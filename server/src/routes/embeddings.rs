@@ -48,10 +48,9 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
             let mut request = request.clone();
             request.model.clear();
             request.model.push_str(&attempt.upstream_model);
-            let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
-                let _timing = timer.span();
+                let _timing = upstream.span();
                 let pricing = attempt.deployment.pricing();
                 let response = attempt.provider.embeddings(request, &attempt.ctx).await?;
                 if let Some(usage) = &response.usage {

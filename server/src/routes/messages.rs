@@ -239,10 +239,9 @@ async fn unary(
         .execute_with_failover(options, |mut attempt| {
             let native = attempt.provider.capabilities().anthropic_native;
             let outgoing = outgoing(&prepared, native, &attempt.upstream_model, false);
-            let timer = upstream.clone();
             let span = attempt_span(&mut attempt);
             async move {
-                let _timing = timer.span();
+                let _timing = upstream.span();
                 let pricing = attempt.deployment.pricing();
                 let reply = match outgoing {
                     Outgoing::Native(body) => {
@@ -345,11 +344,10 @@ async fn stream_messages(
             |mut attempt| {
                 let native = attempt.provider.capabilities().anthropic_native;
                 let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
-                let timer = upstream.clone();
                 let span = attempt_span(&mut attempt);
                 *slot.lock() = Some(attempt.clone());
                 async move {
-                    let _timing = timer.span();
+                    let _timing = upstream.span();
                     match outgoing {
                         Outgoing::Native(body) => {
                             attempt.provider.messages_stream(body, &attempt.ctx).await

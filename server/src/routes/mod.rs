@@ -555,15 +555,23 @@ pub struct UpstreamTimer(Arc<AtomicU64>);
 impl UpstreamTimer {
     /// Adds `took`.
     pub fn add(&self, took: Duration) {
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::Relaxed);
+        add_to(&self.0, took);
     }
 
     /// Starts timing one call; the time is added when the span drops
-    /// (so a call cut short by a timeout still counts).
-    pub fn span(&self) -> UpstreamSpan {
+    /// (so a call cut short by a timeout still counts). Lent: sharing the
+    /// timer would cost two atomic read-modify-writes.
+    pub fn span(&self) -> UpstreamSpan<'_> {
         UpstreamSpan {
-            timer: self.clone(),
+            total: SpanTotal::Lent(&self.0),
+            started: Instant::now(),
+        }
+    }
+
+    /// [`Self::span`] for a call that outlives the handler (a stream).
+    pub fn into_span(self) -> UpstreamSpan<'static> {
+        UpstreamSpan {
+            total: SpanTotal::Shared(self.0),
             started: Instant::now(),
         }
     }
@@ -576,15 +584,31 @@ impl UpstreamTimer {
 
 /// One timed upstream call; adds its duration on drop.
 #[derive(Debug)]
-pub struct UpstreamSpan {
-    timer: UpstreamTimer,
+pub struct UpstreamSpan<'a> {
+    total: SpanTotal<'a>,
     started: Instant,
 }
 
-impl Drop for UpstreamSpan {
+/// The total an [`UpstreamSpan`] adds to.
+#[derive(Debug)]
+enum SpanTotal<'a> {
+    Lent(&'a AtomicU64),
+    Shared(Arc<AtomicU64>),
+}
+
+impl Drop for UpstreamSpan<'_> {
     fn drop(&mut self) {
-        self.timer.add(self.started.elapsed());
+        let total = match &self.total {
+            SpanTotal::Lent(total) => total,
+            SpanTotal::Shared(total) => &**total,
+        };
+        add_to(total, self.started.elapsed());
     }
+}
+
+fn add_to(total: &AtomicU64, took: Duration) {
+    let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    total.fetch_add(nanos, Ordering::Relaxed);
 }
 
 /// Records one request's metrics exactly once: when finished, or as
@@ -632,8 +656,8 @@ impl Recorder {
     }
 
     /// The timer upstream calls add to.
-    pub fn upstream(&self) -> UpstreamTimer {
-        self.upstream.clone()
+    pub fn upstream(&self) -> &UpstreamTimer {
+        &self.upstream
     }
 
     /// The requested model and whether the answer streams: for the access
@@ -718,30 +742,38 @@ impl Recorder {
         if !self.enabled {
             return;
         }
-        let series = telemetry::request_series(&self.model, &self.provider, status);
-        let histograms = telemetry::request_histograms();
-        series.requests.increment(1);
-        histograms.duration.record(total.as_secs_f64());
         // Overhead: time to first content for streams (the rest is the
         // upstream generating), else the whole request, minus upstream time.
         let measured = self.first_token.unwrap_or(total);
         let overhead = measured.saturating_sub(self.upstream.total());
-        histograms.overhead.record(overhead.as_secs_f64());
-        if let Some(first) = self.first_token {
-            histograms.first_token.record(first.as_secs_f64());
-        }
-        if let Some(usage) = &self.usage {
-            series.prompt_tokens.increment(usage.prompt_tokens);
-            series.completion_tokens.increment(usage.completion_tokens);
-            let cost = self
-                .pricing
-                .cost(usage.prompt_tokens, usage.completion_tokens);
-            if cost > 0.0 {
-                // The exporter's counters are integers: cost is kept in a
-                // float gauge that only ever grows.
-                series.cost.increment(cost);
-            }
-        }
+        let usage = self.usage.as_ref();
+        let cost = usage.map_or(0.0, |usage| {
+            self.pricing
+                .cost(usage.prompt_tokens, usage.completion_tokens)
+        });
+        let first_token = self.first_token;
+        telemetry::with_request_metrics(
+            &self.model,
+            &self.provider,
+            status,
+            |series, histograms| {
+                series.requests.increment(1);
+                histograms.duration.record(total.as_secs_f64());
+                histograms.overhead.record(overhead.as_secs_f64());
+                if let Some(first) = first_token {
+                    histograms.first_token.record(first.as_secs_f64());
+                }
+                if let Some(usage) = usage {
+                    series.prompt_tokens.increment(usage.prompt_tokens);
+                    series.completion_tokens.increment(usage.completion_tokens);
+                    if cost > 0.0 {
+                        // The exporter's counters are integers: cost is kept in
+                        // a float gauge that only ever grows.
+                        series.cost.increment(cost);
+                    }
+                }
+            },
+        );
     }
 }
 
