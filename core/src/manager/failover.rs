@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use futures_util::future::Either;
 use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use smallvec::SmallVec;
@@ -273,16 +274,16 @@ struct Previous {
 
 impl ProviderManager {
     /// Runs `op` against the best deployment, failing over as SPEC §5 says.
-    pub async fn execute_with_failover<T, F, Fut>(
+    pub fn execute_with_failover<T, F, Fut>(
         &self,
         options: FailoverOptions,
         mut op: F,
-    ) -> Result<FailoverResult<T>, ManagerError>
+    ) -> impl Future<Output = Result<FailoverResult<T>, ManagerError>>
     where
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        let mut run = move |handle: &ProviderHandle, attempt: Attempt| {
+        let run = move |handle: &ProviderHandle, attempt: Attempt| {
             let (expiry, phase) = attempt
                 .ctx
                 .expiry(attempt.ctx.response_timeout, TimeoutPhase::Response);
@@ -298,14 +299,28 @@ impl ProviderManager {
                 (result, took)
             }
         };
-        // Most requests succeed on the first deployment picked. That
-        // attempt runs here, outside the failover loop, whose state
-        // machine is large: a plain request through the gateway missed
-        // the instruction cache 10% less for it (callgrind). The loop
-        // runs only when this attempt fails, taking up after it, or when
-        // no deployment could be picked at once.
+        self.first_then_loop(options, run)
+    }
+
+    /// Runs the first attempt of a request outside the failover loop,
+    /// whose state machine is large, and the loop only when that attempt
+    /// fails (taking it up as its own first) or when no deployment could be
+    /// picked at once. Most requests succeed on the first deployment
+    /// picked: a plain request missed the instruction cache 10% less for
+    /// it (callgrind). `run` returns each attempt's result with its
+    /// duration.
+    async fn first_then_loop<T, R, Fut>(
+        &self,
+        options: FailoverOptions,
+        mut run: R,
+    ) -> Result<FailoverResult<T>, ManagerError>
+    where
+        R: FnMut(&ProviderHandle, Attempt) -> Fut,
+        Fut: Future<Output = (Result<T, ProviderError>, Duration)>,
+    {
+        let extras = DriveExtras::default();
         let Some((handle, attempt, deadline)) = self.first_attempt(&options) else {
-            return Box::pin(self.drive(options, DriveExtras::default(), None, untimed(run))).await;
+            return Box::pin(self.drive(options, extras, None, untimed(run))).await;
         };
         match run(&handle, attempt).await {
             (Ok(result), took) => {
@@ -319,14 +334,13 @@ impl ProviderManager {
                     duration: took,
                     deadline,
                 };
-                Box::pin(self.drive(options, DriveExtras::default(), Some(first), untimed(run)))
-                    .await
+                Box::pin(self.drive(options, extras, Some(first), untimed(run))).await
             }
         }
     }
 
-    /// What the failover loop does up to its first attempt of a non-stream
-    /// request: the deadline, the retry budget's deposit, the request
+    /// What the failover loop does up to its first attempt of a request
+    /// without a resumption: the deadline, the retry budget's deposit, the request
     /// count, a deployment of the requested model and the attempt on it.
     /// `None` when the loop must run from the start instead (no deployment
     /// could be picked at once, or no time is left).
@@ -521,25 +535,25 @@ impl ProviderManager {
         self.inner.registry.load().models.contains_key(model)
     }
 
-    /// Runs the failover loop until a stream has produced its first content.
-    pub(crate) async fn open_stream(
+    /// Runs the failover loop until a stream has produced its first content
+    /// (its first attempt outside the loop unless `extras` resume a stream).
+    pub(crate) fn open_stream(
         &self,
         options: FailoverOptions,
         extras: DriveExtras,
         op: SharedOp,
-    ) -> Result<FailoverResult<Opened>, ManagerError> {
-        self.drive(
-            options,
-            extras,
-            None,
-            move |handle: &ProviderHandle, attempt: Attempt| {
-                let ctx = attempt.ctx.clone();
-                let deployment = Arc::clone(&attempt.deployment);
-                let guard = handle.begin();
-                let timed_by_adapter = handle.provider().times_streams();
-                let call = (op.lock())(attempt);
-                async move {
-                    let opened = bounded(&ctx, ctx.first_token_timeout, call)
+    ) -> impl Future<Output = Result<FailoverResult<Opened>, ManagerError>> {
+        let open = move |handle: &ProviderHandle, attempt: Attempt| {
+            // An attempt lasts until the stream's first content.
+            let started = Instant::now();
+            let ctx = attempt.ctx.clone();
+            let deployment = Arc::clone(&attempt.deployment);
+            let guard = handle.begin();
+            let timed_by_adapter = handle.provider().times_streams();
+            let call = (op.lock())(attempt);
+            let opening = async move {
+                let opened =
+                    bounded(&ctx, ctx.first_token_timeout, call)
                         .await
                         .map_err(|e| match e {
                             ProviderError::Timeout {
@@ -549,44 +563,51 @@ impl ProviderManager {
                             },
                             other => other,
                         });
-                    let stream = match opened {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            guard.fail(&error);
-                            return Err(error);
-                        }
-                    };
-                    let stream = TimedStream::unless_timed(stream, timed_by_adapter, &ctx);
-                    let mut stream: ChatStream = Box::pin(GuardedStream::new(stream, guard));
-                    let mut prefix = Vec::new();
-                    loop {
-                        match stream.next().await {
-                            Some(Ok(chunk)) => {
-                                let started =
-                                    chunk.has_content() || chunk.finish_reason().is_some();
-                                prefix.push(chunk);
-                                if started {
-                                    return Ok(Opened {
-                                        prefix,
-                                        rest: Some(stream),
-                                        deployment,
-                                    });
-                                }
-                            }
-                            Some(Err(error)) => return Err(error),
-                            None => {
+                let stream = match opened {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        guard.fail(&error);
+                        return Err(error);
+                    }
+                };
+                let stream = TimedStream::unless_timed(stream, timed_by_adapter, &ctx);
+                let mut stream: ChatStream = Box::pin(GuardedStream::new(stream, guard));
+                let mut prefix = Vec::new();
+                loop {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => {
+                            let started = chunk.has_content() || chunk.finish_reason().is_some();
+                            prefix.push(chunk);
+                            if started {
                                 return Ok(Opened {
                                     prefix,
-                                    rest: None,
+                                    rest: Some(stream),
                                     deployment,
                                 });
                             }
                         }
+                        Some(Err(error)) => return Err(error),
+                        None => {
+                            return Ok(Opened {
+                                prefix,
+                                rest: None,
+                                deployment,
+                            });
+                        }
                     }
                 }
-            },
-        )
-        .await
+            };
+            async move {
+                let result = opening.await;
+                (result, started.elapsed())
+            }
+        };
+        // A resumption's extras steer the loop from its start.
+        if extras.resume.is_none() && extras.exclude.is_empty() {
+            Either::Left(self.first_then_loop(options, open))
+        } else {
+            Either::Right(Box::pin(self.drive(options, extras, None, untimed(open))))
+        }
     }
 
     /// Whether some usable deployment of `model` or its fallbacks declares
