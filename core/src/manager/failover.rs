@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use futures_util::StreamExt;
 use futures_util::future::Either;
-use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use smallvec::SmallVec;
 use tokio::time::Instant;
@@ -243,27 +243,6 @@ fn backoff(retry: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
 }
 
-/// A call's result without its latency.
-type Untimed<Fut, T> = futures_util::future::Map<
-    Fut,
-    fn((Result<T, ProviderError>, Duration)) -> Result<T, ProviderError>,
->;
-
-/// An attempt runner that returns each attempt's duration with its
-/// result, for the failover loop, which times its attempts itself.
-fn untimed<T, R, Fut>(mut run: R) -> impl FnMut(&ProviderHandle, Attempt) -> Untimed<Fut, T>
-where
-    R: FnMut(&ProviderHandle, Attempt) -> Fut,
-    Fut: Future<Output = (Result<T, ProviderError>, Duration)>,
-{
-    fn result_only<T>(
-        (result, _): (Result<T, ProviderError>, Duration),
-    ) -> Result<T, ProviderError> {
-        result
-    }
-    move |handle, attempt| run(handle, attempt).map(result_only::<T> as fn(_) -> _)
-}
-
 /// The deployment of the previous attempt (shared, not copied names),
 /// to tell a provider switch from a retry on the same one.
 struct Previous {
@@ -319,7 +298,7 @@ impl ProviderManager {
     {
         let extras = DriveExtras::default();
         let Some((handle, attempt, deadline)) = self.first_attempt(&options) else {
-            return Box::pin(self.drive(options, extras, None, untimed(run))).await;
+            return Box::pin(self.drive(options, extras, None, run)).await;
         };
         match run(&handle, attempt).await {
             (Ok(result), took) => {
@@ -333,7 +312,7 @@ impl ProviderManager {
                     duration: took,
                     deadline,
                 };
-                Box::pin(self.drive(options, extras, Some(first), untimed(run))).await
+                Box::pin(self.drive(options, extras, Some(first), run)).await
             }
         }
     }
@@ -487,11 +466,13 @@ impl ProviderManager {
             DriveExtras::default(),
             None,
             move |handle: &ProviderHandle, attempt: Attempt| {
+                // An attempt lasts until the stream's first content.
+                let started = Instant::now();
                 let ctx = attempt.ctx.clone();
                 let guard = handle.begin();
                 // Boxed for the reason given in `execute_with_failover`.
                 let call = Box::pin(op(attempt));
-                async move {
+                let opening = async move {
                     let opened = bounded(&ctx, ctx.first_token_timeout, call)
                         .await
                         .map_err(first_byte);
@@ -523,6 +504,10 @@ impl ProviderManager {
                             }
                         }
                     }
+                };
+                async move {
+                    let result = opening.await;
+                    (result, started.elapsed())
                 }
             },
         )
@@ -606,7 +591,7 @@ impl ProviderManager {
         if extras.resume.is_none() && extras.exclude.is_empty() {
             Either::Left(self.first_then_loop(options, open))
         } else {
-            Either::Right(Box::pin(self.drive(options, extras, None, untimed(open))))
+            Either::Right(Box::pin(self.drive(options, extras, None, open)))
         }
     }
 
@@ -629,6 +614,9 @@ impl ProviderManager {
         })
     }
 
+    /// The failover loop (SPEC §5). `run` makes one attempt and returns its
+    /// result with its duration: the call guard's for a whole answer, until
+    /// the first content for a stream.
     async fn drive<T, R, Fut>(
         &self,
         options: FailoverOptions,
@@ -638,7 +626,7 @@ impl ProviderManager {
     ) -> Result<FailoverResult<T>, ManagerError>
     where
         R: FnMut(&ProviderHandle, Attempt) -> Fut,
-        Fut: Future<Output = Result<T, ProviderError>>,
+        Fut: Future<Output = (Result<T, ProviderError>, Duration)>,
     {
         let inner = &self.inner;
         // The route is borrowed from this request's snapshot of the
@@ -806,9 +794,8 @@ impl ProviderManager {
                         is_fallback,
                         extras.resume.clone(),
                     );
-                    let started = Instant::now();
-                    let outcome = run(&handle, attempt).await;
-                    (handle, outcome, started.elapsed())
+                    let (outcome, duration) = run(&handle, attempt).await;
+                    (handle, outcome, duration)
                 };
                 let record = |outcome: &'static str, status: Option<u16>| {
                     attempt_record(attempt_no, &handle, outcome, status, duration)
@@ -894,9 +881,7 @@ impl ProviderManager {
                         false,
                         extras.resume.clone(),
                     );
-                    let started = Instant::now();
-                    let outcome = run(&handle, attempt).await;
-                    let duration = started.elapsed();
+                    let (outcome, duration) = run(&handle, attempt).await;
                     match outcome {
                         Ok(result) => {
                             trail.push(attempt_record(1, &handle, "ok", None, duration));
