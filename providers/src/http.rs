@@ -18,8 +18,11 @@
 //!   TLS), `Reset` (closed or reset before a response) or a timeout.
 
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::header::{
     AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
 };
@@ -332,13 +335,21 @@ impl Upstream {
         if response.status().is_success() {
             return Ok(response);
         }
+        // Boxed: inline, the error body's read would sit in every send's
+        // future, copied with it, though errors are rare.
+        Err(Box::pin(self.error_from(response, status)).await)
+    }
+
+    /// The classified error of an error (or redirect) `response`.
+    async fn error_from(&self, response: UpstreamResponse, status: u16) -> ProviderError {
         let headers = response.headers().clone();
         let body = if response.status().is_redirection() {
             Vec::new()
         } else {
-            read_error_body(response)
-                .await
-                .map_err(|e| transport_error(e, self.secret.as_ref()))?
+            match read_error_body(response).await {
+                Ok(body) => body,
+                Err(error) => return transport_error(error, self.secret.as_ref()),
+            }
         };
         let error = error_from_response(status, &headers, &body, self.secret.as_ref());
         tracing::debug!(
@@ -347,7 +358,7 @@ impl Upstream {
             kind = error.kind(),
             "upstream error"
         );
-        Err(error)
+        error
     }
 
     /// Sends and reads the whole body, bounded by `limit`; an expired limit
@@ -407,20 +418,26 @@ async fn read_error_body(mut response: UpstreamResponse) -> Result<Vec<u8>, Tran
 /// Without a timer of its own when the caller already bounds the call
 /// ([`CallContext::bounded_by_caller`]): a timer costs a registration in
 /// tokio's wheel and a removal, about 1.4k instructions a request.
-pub async fn within<T>(
+///
+/// A combinator, not an async fn: an async fn would hold `call` twice (as
+/// its argument and inside the timeout), and adapters' futures nest it.
+pub fn within<T, F>(
     ctx: &CallContext,
     limit: Duration,
     phase: TimeoutPhase,
-    call: impl std::future::Future<Output = Result<T, ProviderError>>,
-) -> Result<T, ProviderError> {
+    call: F,
+) -> impl Future<Output = Result<T, ProviderError>> + use<T, F>
+where
+    F: Future<Output = Result<T, ProviderError>>,
+{
     if ctx.bounded_by_caller {
-        return call.await;
+        return Either::Left(call);
     }
     let (expiry, phase) = ctx.expiry(limit, phase);
-    match tokio::time::timeout_at(expiry, call).await {
-        Ok(result) => result,
-        Err(_) => Err(ProviderError::Timeout { phase }),
-    }
+    Either::Right(
+        tokio::time::timeout_at(expiry, call)
+            .map(move |result| result.unwrap_or(Err(ProviderError::Timeout { phase }))),
+    )
 }
 
 /// Parses a JSON body, naming what was expected on failure (never the body:

@@ -166,7 +166,7 @@ impl HostPool {
     /// connection is an error.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        mut request: Request<Full<Bytes>>,
+        mut request: Box<Request<Full<Bytes>>>,
     ) -> Result<(Response<Incoming>, Lent), TransportError> {
         while let Some(mut sender) = self.take_idle() {
             // Ready unless it was given back a moment before its connection
@@ -174,10 +174,10 @@ impl HostPool {
             if sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(request).await {
+            match sender.try_send_request(*request).await {
                 Ok(response) => return Ok((response, self.lend(sender))),
                 Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
+                    Some(unsent) => *request = unsent,
                     None => return Err(error.into_error().into()),
                 },
             }
@@ -185,7 +185,7 @@ impl HostPool {
         // Boxed: the connect and handshake futures would otherwise sit in
         // this future and in every one around it, and be copied with
         // them on each request, though connections are rarely new.
-        Box::pin(self.send_on_new_connection(request)).await
+        Box::pin(self.send_on_new_connection(*request)).await
     }
 
     /// Sends `request` on a connection opened for it.

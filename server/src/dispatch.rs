@@ -18,6 +18,7 @@ use axum::Router;
 use axum::body::{Bytes, HttpBody};
 use axum::http::{Method, Request};
 use axum::response::Response;
+use futures_util::FutureExt;
 use futures_util::future::Either;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -63,8 +64,7 @@ impl Dispatch {
     {
         let answer = match &self.chat {
             Some(chat) if request.method() == Method::POST && request.uri().path() == CHAT_PATH => {
-                let chat = chat.clone();
-                Either::Left(async move { Ok(direct_chat(chat, request).await) })
+                Either::Left(direct_chat(chat.clone(), request).map(Ok))
             }
             // A Router is always ready, so it is called without `poll_ready`.
             _ => Either::Right(tower_service::Service::call(
@@ -72,13 +72,15 @@ impl Dispatch {
                 request,
             )),
         };
-        async move {
-            let response = answer.await;
+        // Combinators rather than async blocks around `answer`: a block
+        // that awaits a captured future holds it twice (captured and
+        // awaited), and hyper moves this future into place with its size.
+        answer.then(|response| async move {
             if response.as_ref().is_ok_and(waits_for_the_batch) {
                 tokio::task::yield_now().await;
             }
             response
-        }
+        })
     }
 }
 
@@ -99,29 +101,36 @@ fn waits_for_the_batch(response: &Response) -> bool {
     response.body().size_hint().exact().is_some()
 }
 
-async fn direct_chat<B>(chat: DirectChat, mut request: Request<B>) -> Response
+/// The chat route's response. The head is read before the future starts,
+/// so the future holds only what the body read and the handler need.
+fn direct_chat<B>(
+    chat: DirectChat,
+    mut request: Request<B>,
+) -> impl Future<Output = Response> + Send + 'static
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     if chat.gate {
         if let Err(refused) = gate_client(&chat.state, &mut request) {
-            return refused;
+            return Either::Left(std::future::ready(refused));
         }
     }
     let (parts, body) = request.into_parts();
     let meta = RequestMeta::from_headers(&parts.headers);
-    let limit = chat.state.server.max_body_bytes;
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => {
-            Err(ApiError::too_large(limit).with_shape(Shape::OpenAi))
-        }
-        Err(error) => Err(routes::unread_body(
-            &*error,
-            &format!("Failed to buffer the request body: {error}"),
-            Shape::OpenAi,
-        )),
-    };
-    routes::chat::answer(chat.state, meta, body).await
+    Either::Right(async move {
+        let limit = chat.state.server.max_body_bytes;
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<LengthLimitError>() => {
+                Err(ApiError::too_large(limit).with_shape(Shape::OpenAi))
+            }
+            Err(error) => Err(routes::unread_body(
+                &*error,
+                &format!("Failed to buffer the request body: {error}"),
+                Shape::OpenAi,
+            )),
+        };
+        routes::chat::answer(chat.state, meta, body).await
+    })
 }

@@ -287,32 +287,38 @@ impl ProviderManager {
     /// picked (7e91dc1: 1.2% fewer instructions a plain request, and 0.99
     /// to 1.08 times the req/s head to head). `run` returns each
     /// attempt's result with its duration.
-    async fn first_then_loop<T, R, Fut>(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold `options` and `run` twice"
+    )]
+    fn first_then_loop<T, R, Fut>(
         &self,
         options: FailoverOptions,
         mut run: R,
-    ) -> Result<FailoverResult<T>, ManagerError>
+    ) -> impl Future<Output = Result<FailoverResult<T>, ManagerError>>
     where
         R: FnMut(&ProviderHandle, Attempt) -> Fut,
         Fut: Future<Output = (Result<T, ProviderError>, Duration)>,
     {
-        let extras = DriveExtras::default();
-        let Some((handle, attempt, deadline)) = self.first_attempt(&options) else {
-            return Box::pin(self.drive(options, extras, None, run)).await;
-        };
-        match run(&handle, attempt).await {
-            (Ok(result), took) => {
-                let record = attempt_record(1, &handle, "ok", None, took);
-                Ok(self.answered(result, &handle, 1, vec![record]))
-            }
-            (Err(error), took) => {
-                let first = FirstAttempt {
-                    handle,
-                    error,
-                    duration: took,
-                    deadline,
-                };
-                Box::pin(self.drive(options, extras, Some(first), run)).await
+        async move {
+            let Some((handle, attempt, deadline)) = self.first_attempt(&options) else {
+                return Box::pin(self.drive(options, DriveExtras::default(), None, run)).await;
+            };
+            match run(&handle, attempt).await {
+                (Ok(result), took) => {
+                    let record = attempt_record(1, &handle, "ok", None, took);
+                    Ok(self.answered(result, &handle, 1, vec![record]))
+                }
+                (Err(error), took) => {
+                    let first = FirstAttempt {
+                        handle,
+                        error,
+                        duration: took,
+                        deadline,
+                    };
+                    let extras = DriveExtras::default();
+                    Box::pin(self.drive(options, extras, Some(first), run)).await
+                }
             }
         }
     }

@@ -298,16 +298,16 @@ pub fn report_usage(attempt: &Attempt, usage: &Usage) {
 pub trait InAttempt<T>: Future<Output = Result<T, ProviderError>> + Sized {
     /// The call, instrumented with `span`.
     fn in_attempt(self, span: tracing::Span) -> impl Future<Output = Result<T, ProviderError>> {
-        let outcome = AttemptOutcome {
+        let mut outcome = AttemptOutcome {
             span: span.clone(),
             done: false,
         };
-        async move {
-            let mut outcome = outcome;
-            let result = tracing::Instrument::instrument(self, span).await;
+        // A combinator: an async block awaiting `self` would hold it twice.
+        // Dropped unfinished, the closure drops `outcome`: `abandoned`.
+        futures_util::FutureExt::map(tracing::Instrument::instrument(self, span), move |result| {
             outcome.record(&result);
             result
-        }
+        })
     }
 }
 
