@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::{ProviderError, TimeoutPhase};
 use crate::provider::CallContext;
-use crate::types::{ChatChunk, ChatStream};
+use crate::types::{ChatChunk, ChatStream, ChunkItem};
 
 /// How long a complete stream may stay open waiting for its terminator.
 pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
@@ -155,7 +155,7 @@ impl TimedStream {
 }
 
 impl Stream for TimedStream {
-    type Item = Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -201,7 +201,7 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    fn chunk(text: &str, finish: Option<&str>) -> ChatChunk {
+    fn chunk(text: &str, finish: Option<&str>) -> Box<ChatChunk> {
         serde_json::from_value(serde_json::json!({
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]
         }))

@@ -19,8 +19,8 @@ use crate::error::ProviderError;
 use crate::provider::{CallContext, Capabilities, Provider};
 use crate::types::{
     ChatChoice, ChatChunk, ChatMessage, ChatRequest, ChatResponse, ChatStream, ChunkChoice,
-    ChunkDelta, CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse,
-    ModelInfo, Usage,
+    ChunkDelta, ChunkItem, CompletionRequest, CompletionResponse, EmbeddingsRequest,
+    EmbeddingsResponse, ModelInfo, Usage,
 };
 
 /// How a scripted stream behaves.
@@ -624,12 +624,14 @@ impl Drop for ChannelStream {
 }
 
 impl futures_core::Stream for ChannelStream {
-    type Item = Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|chunk| chunk.map(Box::new)))
     }
 }

@@ -746,7 +746,13 @@ pub struct FunctionCallDelta {
 
 /// A stream of chat chunks. It ends (`None`) only after a chunk carrying
 /// `finish_reason`; a stream cut short yields an error item instead.
-pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, ProviderError>> + Send>>;
+pub type ChatStream = Pin<Box<dyn Stream<Item = ChunkItem> + Send>>;
+
+/// One item of a [`ChatStream`]. The chunk is boxed: a chunk passes
+/// through several streams (the adapter's parser, timing, the call guard,
+/// resumption, the writer), and each returned the 224-byte chunk by value,
+/// about 40 copies of it a chunk; boxed, each moves a pointer.
+pub type ChunkItem = Result<Box<ChatChunk>, ProviderError>;
 
 /// One raw server-sent event, for native pass-through (Anthropic Messages).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use switchyard_core::config::HealthCheckMode;
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
     CallContext, Capabilities, ChatChoice, ChatChunk, ChatMessage, ChatRequest, ChatResponse,
-    ChatStream, ChunkChoice, ChunkDelta, ContentPart, FunctionCall, FunctionCallDelta,
+    ChatStream, ChunkChoice, ChunkDelta, ChunkItem, ContentPart, FunctionCall, FunctionCallDelta,
     FunctionDefinition, MessageContent, ModelConfig, ModelInfo, Provider, ProviderError, RawEvent,
     RawEventStream, Secret, TimeoutPhase, Tool, ToolCall, ToolCallDelta, UpstreamError,
 };
@@ -1057,7 +1057,7 @@ struct AnthropicChunkReader {
 }
 
 impl AnthropicChunkReader {
-    fn end(&mut self) -> Option<std::result::Result<ChatChunk, ProviderError>> {
+    fn end(&mut self) -> Option<ChunkItem> {
         self.done = true;
         if !self.translator.is_finished() {
             return Some(Err(ProviderError::StreamCut {
@@ -1068,13 +1068,13 @@ impl AnthropicChunkReader {
             None
         } else {
             self.usage_sent = true;
-            Some(Ok(self.translator.usage_chunk()))
+            Some(Ok(Box::new(self.translator.usage_chunk())))
         }
     }
 
     /// Translates one event into `pending`; an item when the stream ends
     /// with it (an error event, or a `message_stop` before completion).
-    fn read(&mut self, event: SseEvent) -> Option<std::result::Result<ChatChunk, ProviderError>> {
+    fn read(&mut self, event: SseEvent) -> Option<ChunkItem> {
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             count_malformed(&self.provider);
             return None;
@@ -1101,14 +1101,14 @@ impl AnthropicChunkReader {
 }
 
 impl Stream for AnthropicChunkReader {
-    type Item = std::result::Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
             if let Some(chunk) = this.pending.pop_front() {
                 this.chunks += 1;
-                return Poll::Ready(Some(Ok(chunk)));
+                return Poll::Ready(Some(Ok(Box::new(chunk))));
             }
             if this.done {
                 return Poll::Ready(None);

@@ -17,9 +17,9 @@ use serde_json::Value;
 use switchyard_core::config::{HealthCheckMode, NamedHealthCheck};
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
-    CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest,
-    CompletionResponse, EmbeddingsRequest, EmbeddingsResponse, ModelInfo, Provider, ProviderError,
-    RawChatResponse, Secret, StreamOptions, TimeoutPhase,
+    CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream, ChunkItem,
+    CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse, ModelInfo,
+    Provider, ProviderError, RawChatResponse, Secret, StreamOptions, TimeoutPhase,
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
@@ -162,14 +162,14 @@ struct ChunkReader {
 
 impl ChunkReader {
     /// What a stream ends with once its input has (after `[DONE]` or not).
-    fn after_done(&self) -> Option<Result<ChatChunk, ProviderError>> {
+    fn after_done(&self) -> Option<ChunkItem> {
         (!self.finished).then_some(Err(ProviderError::StreamCut {
             chunks: self.chunks,
         }))
     }
 
     /// A chunk or in-band error from one event; `None` for a malformed one.
-    fn read(&mut self, event: SseEvent) -> Option<Result<ChatChunk, ProviderError>> {
+    fn read(&mut self, event: SseEvent) -> Option<ChunkItem> {
         // Almost every event is a plain chunk: parse it straight into
         // one (parsing a `Value` first doubled the cost of a chunk).
         if event.event.as_deref() != Some("error") {
@@ -179,7 +179,7 @@ impl ChunkReader {
                     // The data itself goes along: unchanged chunks are
                     // written out as these bytes, not serialised again.
                     chunk.source.attach(event.data.into_bytes());
-                    return Some(Ok(chunk));
+                    return Some(Ok(Box::new(chunk)));
                 }
             }
         }
@@ -198,7 +198,7 @@ impl ChunkReader {
             return None;
         };
         self.count(&chunk);
-        Some(Ok(chunk))
+        Some(Ok(Box::new(chunk)))
     }
 
     fn count(&mut self, chunk: &ChatChunk) {
@@ -210,7 +210,7 @@ impl ChunkReader {
 }
 
 impl Stream for ChunkReader {
-    type Item = Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

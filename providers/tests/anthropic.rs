@@ -16,8 +16,8 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard_core::{
-    ChatChunk, ChatMessage, ChatRequest, ModelConfig, ProviderConfig, ProviderError, RawEvent,
-    Secret, TimeoutPhase, UpstreamCategory,
+    ChatMessage, ChatRequest, ModelConfig, ProviderConfig, ProviderError, RawEvent, Secret,
+    TimeoutPhase, UpstreamCategory,
 };
 
 const KEY: &str = "sk-ant-api03-test-key-abcdef";
@@ -405,7 +405,7 @@ async fn translated_streams_become_openai_chunks() {
         Some("assistant")
     );
     assert_eq!(
-        chunks.iter().map(ChatChunk::text).collect::<String>(),
+        chunks.iter().map(|chunk| chunk.text()).collect::<String>(),
         "Hello!"
     );
     let finish = chunks.iter().find_map(|c| c.finish_reason()).unwrap();
@@ -469,7 +469,7 @@ async fn translated_stream_outcomes() {
     };
     let (chunks, error) = run("cut").await;
     assert_eq!(
-        chunks.iter().map(ChatChunk::text).collect::<String>(),
+        chunks.iter().map(|chunk| chunk.text()).collect::<String>(),
         "Hel"
     );
     assert!(matches!(error, Some(ProviderError::StreamCut { .. })));
@@ -503,7 +503,10 @@ async fn translated_stream_outcomes() {
     assert_eq!(error.category(), Some(UpstreamCategory::Overloaded));
     let (chunks, error) = run("malformed").await;
     assert_eq!(error, None);
-    assert_eq!(chunks.iter().map(ChatChunk::text).collect::<String>(), "ok");
+    assert_eq!(
+        chunks.iter().map(|chunk| chunk.text()).collect::<String>(),
+        "ok"
+    );
 }
 
 #[tokio::test]

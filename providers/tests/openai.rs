@@ -81,7 +81,7 @@ async fn collect(stream: switchyard_core::ChatStream) -> (Vec<ChatChunk>, Option
     let mut stream = stream;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(chunk) => chunks.push(chunk),
+            Ok(chunk) => chunks.push(*chunk),
             Err(error) => {
                 assert!(stream.next().await.is_none(), "nothing after an error");
                 return (chunks, Some(error));
@@ -92,7 +92,7 @@ async fn collect(stream: switchyard_core::ChatStream) -> (Vec<ChatChunk>, Option
 }
 
 fn text_of(chunks: &[ChatChunk]) -> String {
-    chunks.iter().map(ChatChunk::text).collect()
+    chunks.iter().map(|chunk| chunk.text()).collect()
 }
 
 /// An upstream whose `/{case}/v1/chat/completions` answers per case.

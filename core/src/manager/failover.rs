@@ -30,7 +30,7 @@ use crate::provider::{CallContext, Provider};
 use crate::registry::Deployment;
 use crate::state::{CircuitState, DeploymentState};
 use crate::stream::TimedStream;
-use crate::types::{ChatChunk, ChatStream, RawEvent, RawEventStream, RequestType, Usage};
+use crate::types::{ChatStream, ChunkItem, RawEvent, RawEventStream, RequestType, Usage};
 
 use super::handle::{GuardedRawStream, GuardedStream, bounded, first_byte, until};
 use super::resume::{DriveExtras, Opened, Resume, ResumeMode, ResumingStream, SharedOp, share};
@@ -223,7 +223,7 @@ impl std::fmt::Debug for ManagedStream {
 }
 
 impl Stream for ManagedStream {
-    type Item = Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)

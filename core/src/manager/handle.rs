@@ -25,7 +25,7 @@ use crate::provider::{CallContext, Provider};
 use crate::registry::Deployment;
 use crate::stream::TimedStream;
 use crate::types::{
-    ChatChunk, ChatRequest, ChatResponse, ChatStream, CompletionRequest, CompletionResponse,
+    ChatRequest, ChatResponse, ChatStream, ChunkItem, CompletionRequest, CompletionResponse,
     EmbeddingsRequest, EmbeddingsResponse, RawEvent, RawEventStream, Usage,
 };
 
@@ -505,7 +505,7 @@ impl GuardedStream {
 }
 
 impl Stream for GuardedStream {
-    type Item = Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(cx);

@@ -30,7 +30,9 @@ use crate::error::{ManagerError, ProviderError, TimeoutPhase};
 use crate::event::EventKind;
 use crate::registry::Deployment;
 use crate::state::DeploymentState;
-use crate::types::{ChatChunk, ChatMessage, ChatRequest, ChatStream, MessageContent, Usage};
+use crate::types::{
+    ChatChunk, ChatMessage, ChatRequest, ChatStream, ChunkItem, MessageContent, Usage,
+};
 
 use super::ProviderManager;
 use super::failover::{Attempt, FailoverOptions};
@@ -99,7 +101,11 @@ where
 
 /// A stream that produced its first content (or completed) on one deployment.
 pub(crate) struct Opened {
-    pub prefix: Vec<ChatChunk>,
+    #[allow(
+        clippy::vec_box,
+        reason = "the chunks arrive and leave boxed (`ChunkItem`)"
+    )]
+    pub prefix: Vec<Box<ChatChunk>>,
     pub rest: Option<ChatStream>,
     pub deployment: Arc<Deployment>,
 }
@@ -130,7 +136,7 @@ pub(crate) struct ResumingStream {
     options: FailoverOptions,
     op: SharedOp,
     mode: StreamResume,
-    pending: VecDeque<ChatChunk>,
+    pending: VecDeque<Box<ChatChunk>>,
     current: Option<ChatStream>,
     deployment: Arc<Deployment>,
     sent_text: String,
@@ -187,10 +193,7 @@ impl ResumingStream {
 
     /// The next item of the current attempt; `Err` carries a failure that
     /// may be resumed.
-    fn poll_item(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<ChatChunk, ProviderError>>> {
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<ChunkItem>> {
         loop {
             if self.done {
                 return Poll::Ready(None);
@@ -221,7 +224,7 @@ impl ResumingStream {
     }
 
     /// Decides what of `chunk` the client gets: `None` to drop it.
-    fn forward(&mut self, mut chunk: ChatChunk) -> Option<Result<ChatChunk, ProviderError>> {
+    fn forward(&mut self, mut chunk: Box<ChatChunk>) -> Option<ChunkItem> {
         if chunk.choices.is_empty() {
             if let (Some(usage), Some(carried)) =
                 (chunk.usage.as_mut(), self.carried_usage.as_ref())
@@ -369,7 +372,7 @@ struct Forwarding {
 }
 
 impl Stream for Forwarding {
-    type Item = Result<ChatChunk, ProviderError>;
+    type Item = ChunkItem;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
