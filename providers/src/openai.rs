@@ -126,8 +126,9 @@ pub(crate) async fn open_stream(
         .is_some_and(|v| v.starts_with("application/json"));
     if is_json {
         // Not a stream: an error body with a success status, or a server
-        // that ignored `stream`. Either way it is not the protocol.
-        let body = within(
+        // that ignored `stream`. Either way it is not the protocol. Boxed:
+        // inline, reading this rare body would sit in every stream's future.
+        let body = Box::pin(within(
             ctx,
             ctx.first_token_timeout.saturating_sub(started.elapsed()),
             TimeoutPhase::FirstByte,
@@ -137,7 +138,7 @@ pub(crate) async fn open_stream(
                     .await
                     .map_err(|e| transport_error(e, http.secret()))
             },
-        )
+        ))
         .await?;
         check_error_in_body(&body, http.secret())?;
         return Err(ProviderError::Protocol {

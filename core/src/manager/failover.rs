@@ -410,44 +410,49 @@ impl ProviderManager {
     /// that point fails over invisibly. `op` returns the adapter's stream
     /// and must call [`Attempt::apply_resume`] on its request: a cut after
     /// content is resumed per the route's `stream_resume` (SPEC §5).
-    pub async fn execute_stream_with_failover<F, Fut>(
+    ///
+    /// Not an async fn: that would hold `op` (the caller's closure, often
+    /// hundreds of bytes) both as its argument and in the future awaited.
+    pub fn execute_stream_with_failover<F, Fut>(
         &self,
         options: FailoverOptions,
         op: F,
-    ) -> Result<FailoverResult<ManagedStream>, ManagerError>
+    ) -> impl Future<Output = Result<FailoverResult<ManagedStream>, ManagerError>> + Send + '_
     where
         F: FnMut(Attempt) -> Fut + Send + 'static,
         Fut: Future<Output = Result<ChatStream, ProviderError>> + Send + 'static,
     {
         let op = share(op);
-        let opened = self
-            .open_stream(options.clone(), DriveExtras::default(), Arc::clone(&op))
-            .await?;
-        let mode = self
-            .inner
-            .registry
-            .load()
-            .routes
-            .get(&options.model)
-            .map(|r| r.stream_resume)
-            .unwrap_or_default();
-        let FailoverResult {
-            result,
-            provider_id,
-            model,
-            attempts,
-            trail,
-            deployment,
-        } = opened;
-        let stream = ResumingStream::new(self.clone(), options, op, mode, result).into_stream();
-        Ok(FailoverResult {
-            result: ManagedStream { inner: stream },
-            provider_id,
-            model,
-            attempts,
-            trail,
-            deployment,
-        })
+        async move {
+            let opened = self
+                .open_stream(options.clone(), DriveExtras::default(), Arc::clone(&op))
+                .await?;
+            let mode = self
+                .inner
+                .registry
+                .load()
+                .routes
+                .get(&options.model)
+                .map(|r| r.stream_resume)
+                .unwrap_or_default();
+            let FailoverResult {
+                result,
+                provider_id,
+                model,
+                attempts,
+                trail,
+                deployment,
+            } = opened;
+            let stream = ResumingStream::new(self.clone(), options, op, mode, result).into_stream();
+            Ok(FailoverResult {
+                result: ManagedStream { inner: stream },
+                provider_id,
+                model,
+                attempts,
+                trail,
+                deployment,
+            })
+        }
     }
 
     /// The streaming form for native pass-through streams (Anthropic
