@@ -452,6 +452,29 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// were most of a stream's parsing cost).
 macro_rules! deserialize_with_extra {
     ($ty:ident, $expecting:literal, $init:expr, { $($name:literal => $field:ident $(then $after:path)?),* $(,)? } $(, then $finish:path)?) => {
+        impl $ty {
+            /// Sets the fields `map` names on `out` (a default value).
+            fn fill_from_map<'de, A: serde::de::MapAccess<'de>>(
+                out: &mut $ty,
+                mut map: A,
+            ) -> Result<(), A::Error> {
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match key.as_ref() {
+                        $($name => {
+                            out.$field = map.next_value()?;
+                            $($after(out);)?
+                        })*
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            out.extra.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                $($finish(out);)?
+                Ok(())
+            }
+        }
+
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct FieldsVisitor;
@@ -462,22 +485,10 @@ macro_rules! deserialize_with_extra {
                     }
                     fn visit_map<A: serde::de::MapAccess<'de>>(
                         self,
-                        mut map: A,
+                        map: A,
                     ) -> Result<$ty, A::Error> {
                         let mut out: $ty = $init;
-                        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                            match key.as_ref() {
-                                $($name => {
-                                    out.$field = map.next_value()?;
-                                    $($after(&mut out);)?
-                                })*
-                                _ => {
-                                    let value: Value = map.next_value()?;
-                                    out.extra.insert(key.into_owned(), value);
-                                }
-                            }
-                        }
-                        $($finish(&mut out);)?
+                        <$ty>::fill_from_map(&mut out, map)?;
                         Ok(out)
                     }
                 }
@@ -647,6 +658,33 @@ deserialize_with_extra!(
     },
     then fill_chunk_object
 );
+
+/// A [`ChatChunk`] parsed straight into the box a [`ChatStream`] carries
+/// it in: parsed by value, the 224-byte chunk was copied about five times
+/// on its way out of the parser and into its box.
+#[derive(Debug)]
+pub struct BoxedChatChunk(pub Box<ChatChunk>);
+
+impl<'de> Deserialize<'de> for BoxedChatChunk {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BoxedVisitor;
+        impl<'de> serde::de::Visitor<'de> for BoxedVisitor {
+            type Value = BoxedChatChunk;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a chat completion chunk")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BoxedChatChunk, A::Error> {
+                let mut out = Box::<ChatChunk>::default();
+                ChatChunk::fill_from_map(&mut out, map)?;
+                Ok(BoxedChatChunk(out))
+            }
+        }
+        deserializer.deserialize_map(BoxedVisitor)
+    }
+}
 
 /// Run when a chunk names `usage`: a null one is noted in its source, so a
 /// writer can cut the member out of the bytes (see [`ChunkSource::has_null_usage`]).

@@ -17,9 +17,9 @@ use serde_json::Value;
 use switchyard_core::config::{HealthCheckMode, NamedHealthCheck};
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
-    CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream, ChunkItem,
-    CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse, ModelInfo,
-    Provider, ProviderError, RawChatResponse, Secret, StreamOptions, TimeoutPhase,
+    BoxedChatChunk, CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream,
+    ChunkItem, CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse,
+    ModelInfo, Provider, ProviderError, RawChatResponse, Secret, StreamOptions, TimeoutPhase,
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
@@ -174,13 +174,13 @@ impl ChunkReader {
         // Almost every event is a plain chunk: parse it straight into
         // one (parsing a `Value` first doubled the cost of a chunk).
         if event.event.as_deref() != Some("error") {
-            if let Ok(mut chunk) = serde_json::from_str::<ChatChunk>(&event.data) {
+            if let Ok(BoxedChatChunk(mut chunk)) = serde_json::from_str(&event.data) {
                 if chunk.extra.get("error").is_none_or(Value::is_null) {
                     self.count(&chunk);
                     // The data itself goes along: unchanged chunks are
                     // written out as these bytes, not serialised again.
                     chunk.source.attach(event.data.into_bytes());
-                    return Some(Ok(Box::new(chunk)));
+                    return Some(Ok(chunk));
                 }
             }
         }
