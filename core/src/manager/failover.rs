@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use futures_util::StreamExt;
 use futures_util::future::Either;
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use smallvec::SmallVec;
 use tokio::time::Instant;
@@ -462,12 +462,15 @@ impl ProviderManager {
     /// attempt's outcome is recorded when the returned stream ends, so a
     /// native stream cut after content counts against its deployment.
     /// Native streams are not resumed.
-    pub async fn execute_raw_stream_with_failover<F, Fut>(
+    ///
+    /// Not an async fn, and the attempt's timing a combinator: each would
+    /// hold what it awaits twice (see `execute_stream_with_failover`).
+    pub fn execute_raw_stream_with_failover<F, Fut>(
         &self,
         options: FailoverOptions,
         mut op: F,
         starts_content: fn(&RawEvent) -> bool,
-    ) -> Result<FailoverResult<RawEventStream>, ManagerError>
+    ) -> impl Future<Output = Result<FailoverResult<RawEventStream>, ManagerError>>
     where
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<RawEventStream, ProviderError>>,
@@ -516,13 +519,9 @@ impl ProviderManager {
                         }
                     }
                 };
-                async move {
-                    let result = opening.await;
-                    (result, started.elapsed())
-                }
+                opening.map(move |result| (result, started.elapsed()))
             },
         )
-        .await
     }
 
     /// Whether `model` is a configured model name (not only served by a

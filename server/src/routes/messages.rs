@@ -17,6 +17,8 @@
 //! the stream ends, so a cut after content counts against the deployment. Errors use the Anthropic shape, also in-band (`event: error`,
 //! and never a `message_stop` after it).
 
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -29,6 +31,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use serde_json::Value;
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
@@ -56,9 +59,14 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = request_span("messages", &meta);
-    let response = run(state, &meta, body).instrument(span).await;
+    // Started at once in the span, the rest boxed: see `chat::answer`.
+    let answering = span.in_scope(|| start(state, &meta, body));
+    let response = answering.instrument(span).await;
     with_request_id(response, &meta)
 }
+
+/// The boxed rest of a request that got past its checks, else its error.
+type Answering = Either<Ready<Response>, Pin<Box<dyn Future<Output = Response> + Send>>>;
 
 /// A validated request, in both shapes.
 struct Prepared {
@@ -119,22 +127,22 @@ fn validate(body: &Value) -> Result<(String, bool), ApiError> {
     Ok((model, stream))
 }
 
-async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Response {
+fn start(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejection>) -> Answering {
     let mut recorder = Recorder::start(&state);
     let bytes = match read_body(body, state.server.max_body_bytes, Shape::Anthropic) {
         Ok(bytes) => bytes,
-        Err(error) => return fail(recorder, error),
+        Err(error) => return Either::Left(ready(fail(recorder, error))),
     };
     if state.server.log_bodies {
         tracing::debug!(body = %String::from_utf8_lossy(&bytes), "request body");
     }
     let body: Value = match parse_json(&bytes) {
         Ok(body) => body,
-        Err(error) => return fail(recorder, error.anthropic()),
+        Err(error) => return Either::Left(ready(fail(recorder, error.anthropic()))),
     };
     let (model, stream) = match validate(&body) {
         Ok(valid) => valid,
-        Err(error) => return fail(recorder, error.anthropic()),
+        Err(error) => return Either::Left(ready(fail(recorder, error.anthropic()))),
     };
     let chat = anthropic_request_to_chat(&body);
     let native_only = uses_anthropic_only_features(&body) || chat.is_err();
@@ -158,12 +166,12 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
         chat,
         native_only,
     };
-    // Boxed for the reason given in `chat::run`.
-    if prepared.stream {
-        Box::pin(stream_messages(state, prepared, options, recorder)).await
+    // Boxed for the reason given in `chat::start`.
+    Either::Right(if prepared.stream {
+        Box::pin(stream_messages(state, prepared, options, recorder))
     } else {
-        Box::pin(unary(state, prepared, options, recorder)).await
-    }
+        Box::pin(unary(state, prepared, options, recorder))
+    })
 }
 
 /// The error for a failed run, in the Anthropic shape. A native-only
@@ -227,66 +235,73 @@ enum Reply {
     Chat(ChatResponse),
 }
 
-async fn unary(
+/// An async block rather than an async fn: see `chat::answer`.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold `prepared` and `recorder` twice"
+)]
+fn unary(
     state: AppState,
     prepared: Prepared,
     options: switchyard_core::FailoverOptions,
     mut recorder: Recorder,
-) -> Response {
-    let upstream = recorder.upstream();
-    let outcome = state
-        .manager
-        .execute_with_failover(options, |mut attempt| {
-            let native = attempt.provider.capabilities().anthropic_native;
-            let outgoing = outgoing(&prepared, native, &attempt.upstream_model, false);
-            let span = attempt_span(&mut attempt);
-            async move {
-                let _timing = upstream.span();
-                let pricing = attempt.deployment.pricing();
-                let reply = match outgoing {
-                    Outgoing::Native(body) => {
-                        let reply = attempt.provider.messages(body, &attempt.ctx).await?;
-                        if let Some(usage) = anthropic_usage(reply.get("usage")) {
-                            report_usage(&attempt, &usage);
+) -> impl Future<Output = Response> + Send + 'static {
+    async move {
+        let upstream = recorder.upstream();
+        let outcome = state
+            .manager
+            .execute_with_failover(options, |mut attempt| {
+                let native = attempt.provider.capabilities().anthropic_native;
+                let outgoing = outgoing(&prepared, native, &attempt.upstream_model, false);
+                let span = attempt_span(&mut attempt);
+                async move {
+                    let _timing = upstream.span();
+                    let pricing = attempt.deployment.pricing();
+                    let reply = match outgoing {
+                        Outgoing::Native(body) => {
+                            let reply = attempt.provider.messages(body, &attempt.ctx).await?;
+                            if let Some(usage) = anthropic_usage(reply.get("usage")) {
+                                report_usage(&attempt, &usage);
+                            }
+                            Reply::Native(reply)
                         }
-                        Reply::Native(reply)
-                    }
-                    Outgoing::Chat(request) => {
-                        let reply = attempt.provider.chat(*request, &attempt.ctx).await?;
-                        if let Some(usage) = &reply.usage {
-                            report_usage(&attempt, usage);
+                        Outgoing::Chat(request) => {
+                            let reply = attempt.provider.chat(*request, &attempt.ctx).await?;
+                            if let Some(usage) = &reply.usage {
+                                report_usage(&attempt, usage);
+                            }
+                            Reply::Chat(reply)
                         }
-                        Reply::Chat(reply)
-                    }
-                    Outgoing::Untranslatable(error) => return Err(error.into_provider_error()),
-                };
-                Ok((reply, pricing))
+                        Outgoing::Untranslatable(error) => return Err(error.into_provider_error()),
+                    };
+                    Ok((reply, pricing))
+                }
+                .in_attempt(span)
+            })
+            .await;
+        let ((reply, pricing), answered) = match outcome {
+            Ok(result) => Answered::split(result),
+            Err(error) => {
+                let api = error_for(&state, &prepared, &error);
+                return fail(recorder, api);
             }
-            .in_attempt(span)
-        })
-        .await;
-    let ((reply, pricing), answered) = match outcome {
-        Ok(result) => Answered::split(result),
-        Err(error) => {
-            let api = error_for(&state, &prepared, &error);
-            return fail(recorder, api);
+        };
+        recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+        let mut body = match reply {
+            Reply::Native(body) => body,
+            Reply::Chat(response) => chat_response_to_anthropic(&response),
+        };
+        if let Some(usage) = anthropic_usage(body.get("usage")) {
+            recorder.usage(&usage);
         }
-    };
-    recorder.answered_by(&answered.provider_id, &answered.model, pricing);
-    let mut body = match reply {
-        Reply::Native(body) => body,
-        Reply::Chat(response) => chat_response_to_anthropic(&response),
-    };
-    if let Some(usage) = anthropic_usage(body.get("usage")) {
-        recorder.usage(&usage);
+        if let Some(object) = body.as_object_mut() {
+            object.insert("model".into(), Value::String(answered.model.to_string()));
+        }
+        let mut response = Json(body).into_response();
+        success_headers(&mut response, &answered);
+        recorder.finish("200");
+        response
     }
-    if let Some(object) = body.as_object_mut() {
-        object.insert("model".into(), Value::String(answered.model.to_string()));
-    }
-    let mut response = Json(body).into_response();
-    success_headers(&mut response, &answered);
-    recorder.finish("200");
-    response
 }
 
 /// Anthropic usage (`input_tokens`, `output_tokens`, cache tokens counted as input).
@@ -327,73 +342,80 @@ fn translated_events(
     switchyard_providers::chat_stream_to_anthropic(TimedStream::boxed(stream, ctx), model)
 }
 
-async fn stream_messages(
+/// An async block rather than an async fn: see `chat::answer`.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold `prepared` and `recorder` twice"
+)]
+fn stream_messages(
     state: AppState,
     prepared: Prepared,
     options: switchyard_core::FailoverOptions,
     mut recorder: Recorder,
-) -> Response {
-    let upstream = recorder.upstream();
-    // The attempt that answered, to settle its TPM reservation at the end.
-    let answering = Arc::new(Mutex::new(None));
-    let slot = Arc::clone(&answering);
-    let outcome = state
-        .manager
-        .execute_raw_stream_with_failover(
-            options,
-            |mut attempt| {
-                let native = attempt.provider.capabilities().anthropic_native;
-                let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
-                let span = attempt_span(&mut attempt);
-                *slot.lock() = Some(attempt.clone());
-                async move {
-                    let _timing = upstream.span();
-                    match outgoing {
-                        Outgoing::Native(body) => {
-                            attempt.provider.messages_stream(body, &attempt.ctx).await
+) -> impl Future<Output = Response> + Send + 'static {
+    async move {
+        let upstream = recorder.upstream();
+        // The attempt that answered, to settle its TPM reservation at the end.
+        let answering = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&answering);
+        let outcome = state
+            .manager
+            .execute_raw_stream_with_failover(
+                options,
+                |mut attempt| {
+                    let native = attempt.provider.capabilities().anthropic_native;
+                    let outgoing = outgoing(&prepared, native, &attempt.upstream_model, true);
+                    let span = attempt_span(&mut attempt);
+                    *slot.lock() = Some(attempt.clone());
+                    async move {
+                        let _timing = upstream.span();
+                        match outgoing {
+                            Outgoing::Native(body) => {
+                                attempt.provider.messages_stream(body, &attempt.ctx).await
+                            }
+                            Outgoing::Chat(request) => {
+                                let stream =
+                                    attempt.provider.chat_stream(*request, &attempt.ctx).await?;
+                                Ok(translated_events(
+                                    stream,
+                                    &attempt.ctx,
+                                    attempt.model.to_string(),
+                                ))
+                            }
+                            Outgoing::Untranslatable(error) => Err(error.into_provider_error()),
                         }
-                        Outgoing::Chat(request) => {
-                            let stream =
-                                attempt.provider.chat_stream(*request, &attempt.ctx).await?;
-                            Ok(translated_events(
-                                stream,
-                                &attempt.ctx,
-                                attempt.model.to_string(),
-                            ))
-                        }
-                        Outgoing::Untranslatable(error) => Err(error.into_provider_error()),
                     }
-                }
-                .in_attempt(span)
-            },
-            is_content_event,
-        )
-        .await;
-    let (events, answered, pricing) = match outcome {
-        Ok(result) => {
-            let pricing = result.deployment.pricing();
-            let (events, answered) = Answered::split(result);
-            (events, answered, pricing)
-        }
-        Err(error) => {
-            let api = error_for(&state, &prepared, &error);
-            return fail(recorder, api);
-        }
-    };
-    recorder.answered_by(&answered.provider_id, &answered.model, pricing);
-    recorder.first_token();
-    let settle = answering.lock().take();
-    let events = MessageEvents {
-        events,
-        answered: answered.clone(),
-        recorder: Some(recorder),
-        usage: Usage::default(),
-        settle,
-        finished: false,
-    };
-    let mut response = sse::response(sse::Frames::new(events));
-    success_headers(&mut response, &answered);
-    response
+                    .in_attempt(span)
+                },
+                is_content_event,
+            )
+            .await;
+        let (events, answered, pricing) = match outcome {
+            Ok(result) => {
+                let pricing = result.deployment.pricing();
+                let (events, answered) = Answered::split(result);
+                (events, answered, pricing)
+            }
+            Err(error) => {
+                let api = error_for(&state, &prepared, &error);
+                return fail(recorder, api);
+            }
+        };
+        recorder.answered_by(&answered.provider_id, &answered.model, pricing);
+        recorder.first_token();
+        let settle = answering.lock().take();
+        let events = MessageEvents {
+            events,
+            answered: answered.clone(),
+            recorder: Some(recorder),
+            usage: Usage::default(),
+            settle,
+            finished: false,
+        };
+        let mut response = sse::response(sse::Frames::new(events));
+        success_headers(&mut response, &answered);
+        response
+    }
 }
 
 /// The SSE events of one `/v1/messages` stream, polled directly and sent
