@@ -9,6 +9,10 @@ use clap::Parser;
 // cheaper than glibc malloc under load. `no_thp` keeps its arenas off
 // transparent huge pages, which would add ~9 MB of resident memory.
 //
+// Its v2 line rather than the crate's default v3: 1.7% fewer
+// instructions per proxied request and fewer instruction-cache misses
+// (callgrind, 55.3k against 56.2k).
+//
 // It comes in by its `override` feature, as `malloc` and `free`
 // themselves, which the standard allocator calls. Not as a
 // `#[global_allocator]`: that adapter sends every allocation through
