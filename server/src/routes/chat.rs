@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use super::{
     Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_read_body,
-    read_body, report_usage, request_span, respond, stream_error, success_headers, with_request_id,
+    priced, read_body, request_span, respond, stream_error, success_headers, with_request_id,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, Shape};
@@ -153,10 +153,7 @@ fn unary(
                             RawChatResponse::from_response(&response)?
                         }
                     };
-                    if let Some(usage) = &response.usage {
-                        report_usage(&attempt, usage);
-                    }
-                    Ok((response, pricing))
+                    priced(&attempt, response, pricing)
                 }
                 .in_attempt(span)
             })

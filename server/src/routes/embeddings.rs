@@ -8,7 +8,7 @@ use switchyard_core::{EmbeddingsRequest, RequestType};
 use tracing::Instrument;
 
 use super::{
-    InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request, report_usage,
+    InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_request, priced,
     request_span, respond, with_request_id,
 };
 use crate::app::AppState;
@@ -53,10 +53,7 @@ async fn run(state: AppState, meta: &RequestMeta, body: Result<Bytes, BytesRejec
                 let _timing = upstream.span();
                 let pricing = attempt.deployment.pricing();
                 let response = attempt.provider.embeddings(request, &attempt.ctx).await?;
-                if let Some(usage) = &response.usage {
-                    report_usage(&attempt, usage);
-                }
-                Ok((response, pricing))
+                priced(&attempt, response, pricing)
             }
             .in_attempt(span)
         })

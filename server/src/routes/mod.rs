@@ -292,6 +292,19 @@ pub fn report_usage(attempt: &Attempt, usage: &Usage) {
     }
 }
 
+/// A non-stream attempt's answer with its deployment's `pricing`, its usage
+/// reported first (see [`report_usage`]).
+pub fn priced<T: Answer>(
+    attempt: &Attempt,
+    answer: T,
+    pricing: Pricing,
+) -> Result<(T, Pricing), ProviderError> {
+    if let Some(usage) = answer.usage() {
+        report_usage(attempt, usage);
+    }
+    Ok((answer, pricing))
+}
+
 /// Runs an attempt's upstream call inside its span and records the outcome
 /// there: `status` is `ok` or the error kind (`abandoned` when the manager
 /// dropped the call: a timeout, or the client went away).
