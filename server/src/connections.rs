@@ -142,15 +142,16 @@ impl OpenConnections {
 
 impl Entry {
     /// Serves `connection` until it ends, shutting it down gracefully once
-    /// the server closes.
-    async fn serve<C>(self, connection: C) -> Result<(), hyper::Error>
+    /// the server closes. Boxed and polled from a closure: an async fn
+    /// would hold the connection twice (see `routes::chat::answer`).
+    fn serve<C>(self, connection: C) -> impl Future<Output = Result<(), hyper::Error>>
     where
         C: Future<Output = Result<(), hyper::Error>> + GracefulShutdownable,
     {
-        let mut connection = pin!(connection);
+        let mut connection = Box::pin(connection);
         let mut registered: Option<Waker> = None;
         let mut draining = false;
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
             if !draining {
                 if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     let waker = cx.waker().clone();
@@ -166,7 +167,6 @@ impl Entry {
             }
             connection.as_mut().poll(cx)
         })
-        .await
     }
 }
 
