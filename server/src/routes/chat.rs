@@ -12,8 +12,7 @@
 //! fail over invisibly. A stream that fails after content ends with one
 //! `data: {"error": {...}}` event and no `[DONE]`.
 
-use std::future::{Future, Ready, ready};
-use std::pin::Pin;
+use std::future::{Future, ready};
 use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 
@@ -31,8 +30,9 @@ use switchyard_core::{
 use tracing::Instrument;
 
 use super::{
-    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_read_body,
-    priced, read_body, request_span, respond, stream_error, success_headers, with_request_id,
+    Answered, Answering, InAttempt, Recorder, RequestMeta, attempt_span, fail, options,
+    parse_read_body, priced, read_body, request_span, respond, stream_error, success_headers,
+    with_request_id,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, Shape};
@@ -68,9 +68,6 @@ pub fn answer(
         .instrument(span)
         .map(move |response| with_request_id(response, &meta))
 }
-
-/// The boxed rest of a request that got past its parse, else its error.
-type Answering = Either<Ready<Response>, Pin<Box<dyn Future<Output = Response> + Send>>>;
 
 fn start(state: AppState, meta: &RequestMeta, body: Result<Bytes, ApiError>) -> Answering {
     let mut recorder = Recorder::start(&state);

@@ -17,8 +17,7 @@
 //! the stream ends, so a cut after content counts against the deployment. Errors use the Anthropic shape, also in-band (`event: error`,
 //! and never a `message_stop` after it).
 
-use std::future::{Future, Ready, ready};
-use std::pin::Pin;
+use std::future::{Future, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -45,8 +44,8 @@ use switchyard_providers::{
 use tracing::Instrument;
 
 use super::{
-    Answered, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_json, read_body,
-    report_usage, request_span, stream_error, success_headers, with_request_id,
+    Answered, Answering, InAttempt, Recorder, RequestMeta, attempt_span, fail, options, parse_json,
+    read_body, report_usage, request_span, stream_error, success_headers, with_request_id,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, Shape};
@@ -64,9 +63,6 @@ pub async fn handle(
     let response = answering.instrument(span).await;
     with_request_id(response, &meta)
 }
-
-/// The boxed rest of a request that got past its checks, else its error.
-type Answering = Either<Ready<Response>, Pin<Box<dyn Future<Output = Response> + Send>>>;
 
 /// A validated request, in both shapes.
 struct Prepared {

@@ -798,6 +798,13 @@ impl Drop for Recorder {
     }
 }
 
+/// What a handler's synchronous start hands on: the boxed rest of a
+/// request that got past its checks, else its (recorded) error response.
+pub type Answering = futures_util::future::Either<
+    std::future::Ready<Response>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>,
+>;
+
 /// An error response, recorded.
 pub fn fail(recorder: Recorder, error: ApiError) -> Response {
     recorder.finish(error.status.as_str());
