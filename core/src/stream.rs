@@ -30,10 +30,19 @@ pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
 /// timer on every chunk costs a timer-wheel update; a limit that only
 /// grows is applied lazily. [`TimedStream`] and the providers' timers for
 /// native event streams share it.
+///
+/// A restart takes effect when the waiting starts (the next
+/// [`poll_expired`](Self::poll_expired)), not when it is asked for: the
+/// chunks of one upstream read arrive together, and reading the clock for
+/// each cost a stream of eight chunks six clock reads (about 20 ns each
+/// here) where one does. Silence is then counted from the moment the
+/// stream waits for its upstream, which is what it measures.
 #[derive(Debug)]
 pub struct SilenceTimer {
     sleep: Pin<Box<Sleep>>,
     due: Instant,
+    /// A restart not yet applied: the overall deadline and the limit.
+    restart: Option<(Option<Instant>, Duration)>,
 }
 
 impl SilenceTimer {
@@ -43,21 +52,26 @@ impl SilenceTimer {
         Self {
             sleep: Box::pin(tokio::time::sleep_until(due)),
             due,
+            restart: None,
         }
     }
 
-    /// Sets the limit to `limit` from now (or `deadline`, if sooner).
+    /// Sets the limit to `limit` from the start of the next wait (or
+    /// `deadline`, if sooner); the last restart before a wait counts.
     pub fn restart(&mut self, deadline: Option<Instant>, limit: Duration) {
-        self.due = limit_at(deadline, limit);
-        if self.due < self.sleep.deadline() {
-            let due = self.due;
-            self.sleep.as_mut().reset(due);
-        }
+        self.restart = Some((deadline, limit));
     }
 
     /// Ready once the limit has really run out; if it only moved later,
     /// the sleep is set to the new time and the wake-up registered.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some((deadline, limit)) = self.restart.take() {
+            self.due = limit_at(deadline, limit);
+            if self.due < self.sleep.deadline() {
+                let due = self.due;
+                self.sleep.as_mut().reset(due);
+            }
+        }
         loop {
             if self.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -221,6 +235,44 @@ mod tests {
             .map(|r| r.map(|c| c.text()))
             .collect()
             .await
+    }
+
+    fn timer_expired(timer: &mut SilenceTimer) -> bool {
+        let waker = futures_util::task::noop_waker();
+        timer
+            .poll_expired(&mut Context::from_waker(&waker))
+            .is_ready()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_counts_from_the_next_wait_and_the_last_one_wins() {
+        let second = Duration::from_secs(1);
+        let mut timer = SilenceTimer::new(None, 3 * second);
+        // Restarts between waits: only the last (2 s) applies, from the
+        // wait that follows them, not from when they were asked for.
+        timer.restart(None, 10 * second);
+        tokio::time::advance(second).await;
+        timer.restart(None, 2 * second);
+        tokio::time::advance(second).await;
+        assert!(!timer_expired(&mut timer));
+        tokio::time::advance(1_900 * Duration::from_millis(1)).await;
+        assert!(!timer_expired(&mut timer));
+        tokio::time::advance(200 * Duration::from_millis(1)).await;
+        assert!(timer_expired(&mut timer));
+
+        // A restart sooner than the running limit brings it forward, and
+        // the overall deadline caps any limit.
+        let deadline = Instant::now() + 4 * second;
+        let mut timer = SilenceTimer::new(Some(deadline), 30 * second);
+        assert!(!timer_expired(&mut timer));
+        timer.restart(Some(deadline), second);
+        assert!(!timer_expired(&mut timer));
+        tokio::time::advance(1_100 * Duration::from_millis(1)).await;
+        assert!(timer_expired(&mut timer));
+        timer.restart(Some(deadline), 30 * second);
+        assert!(!timer_expired(&mut timer));
+        tokio::time::advance(3 * second).await;
+        assert!(timer_expired(&mut timer));
     }
 
     #[tokio::test(start_paused = true)]

@@ -133,7 +133,8 @@ impl RawTimer {
 
     /// Restarts the wait after an event (after [`content`](Self::content)
     /// or [`finished`](Self::finished) for that event): silence is counted
-    /// from here, except before content, when the first-token clock runs on.
+    /// from the next wait for input, except before content, when the
+    /// first-token clock runs on.
     pub fn event(&mut self) {
         let limit = if self.finished {
             FINALIZE_AFTER
@@ -217,14 +218,18 @@ mod tests {
         );
 
         // After content, each event gives the stream its full idle limit
-        // again: five events 900 ms apart outlast a 1 s limit.
+        // again, counted from the wait that follows it (the poll right
+        // after the event, as a stream polls when its input is not
+        // ready): five events 900 ms apart outlast a 1 s limit.
         let mut t = timer(3, 1);
         t.content();
         t.event();
+        assert_eq!(poll_once(&mut t), None);
         for _ in 0..5 {
             advance_ms(900).await;
             assert_eq!(poll_once(&mut t), None);
             t.event();
+            assert_eq!(poll_once(&mut t), None);
         }
         advance_ms(900).await;
         assert_eq!(poll_once(&mut t), None);
@@ -244,6 +249,7 @@ mod tests {
         assert_eq!(poll_once(&mut t), None);
         t.finished();
         t.event();
+        assert_eq!(poll_once(&mut t), None);
         advance_ms(FINALIZE_AFTER.as_millis() as u64 - 100).await;
         assert_eq!(poll_once(&mut t), None);
         advance_ms(200).await;

@@ -128,9 +128,14 @@ async fn every_endpoint_answers() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        assert_eq!(response.headers()["x-switchyard-provider"], "alpha");
-        assert!(response.headers().contains_key("x-request-id"));
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "text/event-stream");
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert_eq!(headers["x-accel-buffering"], "no");
+        assert_eq!(headers["x-switchyard-provider"], "alpha");
+        assert_eq!(headers["x-switchyard-model"], "gpt-x");
+        assert_eq!(headers["x-switchyard-attempts"], "1");
+        assert!(headers.contains_key("x-request-id"));
         let text = response.text().await.unwrap();
         let data = sse_data(&text);
         assert_eq!(data.last().unwrap(), "[DONE]", "{text}");
