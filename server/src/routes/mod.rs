@@ -541,8 +541,9 @@ pub fn success_headers(response: &mut Response, answered: &Answered) {
         }
     }
     // The usual counts are static values: `From<u32>` formats into a
-    // fresh allocation.
-    const COUNTS: [HeaderValue; 10] = [
+    // fresh allocation. A `static`, not a `const`: a `const` array is
+    // built on the stack at each use (a 400-byte copy per answer).
+    static COUNTS: [HeaderValue; 10] = [
         HeaderValue::from_static("0"),
         HeaderValue::from_static("1"),
         HeaderValue::from_static("2"),
