@@ -74,9 +74,24 @@ impl RequestMeta {
         // Static names: a `&str` name is parsed and validated on every lookup.
         static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         static REGION: HeaderName = HeaderName::from_static(REGION_HEADER);
-        let text = |name: &HeaderName| {
-            headers
-                .get(name)
+        // One pass over the few headers a request has: a lookup by a
+        // custom name hashes its every byte (three lookups cost more than
+        // the pass). The first value of a name counts, as with `get`.
+        let [mut request_id, mut traceparent, mut region] = [None::<&HeaderValue>; 3];
+        for (name, value) in headers {
+            let slot = if name == REQUEST_ID_HEADER {
+                &mut request_id
+            } else if name == TRACEPARENT {
+                &mut traceparent
+            } else if name == REGION {
+                &mut region
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        let text = |value: Option<&HeaderValue>| {
+            value
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
                 .filter(|v| {
@@ -85,9 +100,9 @@ impl RequestMeta {
                 .map(str::to_owned)
         };
         Self {
-            request_id: text(&REQUEST_ID_HEADER).map_or_else(new_request_id, Arc::from),
-            traceparent: text(&TRACEPARENT),
-            region: text(&REGION),
+            request_id: text(request_id).map_or_else(new_request_id, Arc::from),
+            traceparent: text(traceparent),
+            region: text(region),
         }
     }
 }
@@ -879,6 +894,24 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert_ne!(generated, new_request_id());
+
+        // Among other headers, the first value of a repeated one counts;
+        // an unusable id is replaced and an unusable region ignored.
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-request-id", HeaderValue::from_static("first"));
+        headers.append("x-request-id", HeaderValue::from_static("second"));
+        headers.insert("x-other", HeaderValue::from_static("x"));
+        headers.append(REGION_HEADER, HeaderValue::from_static("bad region"));
+        headers.append(REGION_HEADER, HeaderValue::from_static("us"));
+        let meta = RequestMeta::from_headers(&headers);
+        assert_eq!(&*meta.request_id, "first");
+        assert_eq!(meta.traceparent, None);
+        assert_eq!(meta.region, None);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("has space"));
+        let meta = RequestMeta::from_headers(&headers);
+        assert!(meta.request_id.starts_with("req_"), "{}", meta.request_id);
     }
 
     #[test]
