@@ -271,8 +271,9 @@ struct ChatEvents {
     /// Dropped with the stream when the client goes away: recorded `cancelled`.
     recorder: Option<Recorder>,
     finished: bool,
-    /// `answered.model` as a JSON string, to splice into chunks.
-    quoted_model: Vec<u8>,
+    /// `answered.model` as a JSON string, to splice into chunks; built at
+    /// the first chunk that names another model (most streams never do).
+    quoted_model: std::cell::OnceCell<Vec<u8>>,
 }
 
 impl ChatEvents {
@@ -282,14 +283,13 @@ impl ChatEvents {
         client_wants_usage: bool,
         recorder: Recorder,
     ) -> Self {
-        let quoted_model = json::quoted(&answered.model);
         Self {
             stream,
             answered,
             client_wants_usage,
             recorder: Some(recorder),
             finished: false,
-            quoted_model,
+            quoted_model: std::cell::OnceCell::new(),
         }
     }
 
@@ -333,20 +333,23 @@ impl ChatEvents {
             }
         };
         let empty: &[u8] = b"";
-        let quoted: &[u8] = &self.quoted_model;
+        let quoted = || -> &[u8] {
+            self.quoted_model
+                .get_or_init(|| json::quoted(&self.answered.model))
+        };
         // The edits in the order they sit: (range, replacement).
         let (first, second) = match (rename, cut) {
             (None, None) => {
                 sse::put_data(out, data);
                 return true;
             }
-            (Some(span), None) => ((span, quoted), None),
+            (Some(span), None) => ((span, quoted()), None),
             (None, Some(member)) => ((member, empty), None),
             (Some(span), Some(member)) if span.end <= member.start => {
-                ((span, quoted), Some((member, empty)))
+                ((span, quoted()), Some((member, empty)))
             }
             (Some(span), Some(member)) if member.end <= span.start => {
-                ((member, empty), Some((span, quoted)))
+                ((member, empty), Some((span, quoted())))
             }
             (Some(_), Some(_)) => return false,
         };
