@@ -246,18 +246,15 @@ impl Stream for ChunkReader {
 }
 
 /// Parses an OpenAI SSE body into chunks with the completeness rule.
-pub(crate) fn chunk_stream(
-    response: crate::client::UpstreamResponse,
-    http: &Upstream,
-) -> ChatStream {
-    Box::pin(ChunkReader {
+fn chunk_reader(response: crate::client::UpstreamResponse, http: &Upstream) -> ChunkReader {
+    ChunkReader {
         events: response_events(response),
         provider: http.provider_id().to_owned(),
         secret: http.secret().cloned(),
         chunks: 0,
         finished: false,
         done: false,
-    })
+    }
 }
 
 /// Lists models (`GET {base}/models`), OpenAI shape.
@@ -391,8 +388,10 @@ impl Provider for OpenAiProvider {
             ::http::HeaderValue::from_static("text/event-stream"),
         );
         let (response, timed) = open_stream(&self.http, builder, ctx).await?;
+        // The reader goes into the timer unboxed: one box and one dynamic
+        // call per chunk fewer.
         Ok(TimedStream::boxed(
-            chunk_stream(response, &self.http),
+            chunk_reader(response, &self.http),
             &timed,
         ))
     }
