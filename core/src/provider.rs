@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytestring::ByteString;
 use tokio::time::Instant;
 
 use crate::config::ProviderConfig;
@@ -92,9 +93,9 @@ pub struct CallContext {
     pub first_token_timeout: Duration,
     /// Streams: longest silence between events.
     pub stream_idle_timeout: Duration,
-    /// Forwarded as `x-request-id` (shared: each attempt's context is a
-    /// clone).
-    pub request_id: Option<Arc<str>>,
+    /// Forwarded as `x-request-id`. Shared bytes: each attempt's context
+    /// is a clone, and the header is made from them without a copy.
+    pub request_id: Option<ByteString>,
     /// Forwarded as `traceparent`.
     pub traceparent: Option<String>,
     /// Set by the manager, whose own timer already holds the call to

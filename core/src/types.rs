@@ -551,7 +551,12 @@ pub struct ChunkSource {
 }
 
 impl ChunkSource {
-    /// The data of the event the chunk was parsed from.
+    /// The data of the event the chunk was parsed from. Writers take it
+    /// at its word: a chunk whose data has a top-level `usage` member must
+    /// say so through its fields, as a chunk deserialised from that data
+    /// does (a `usage` object in [`ChatChunk::usage`], a null one in
+    /// [`has_null_usage`](Self::has_null_usage), which only
+    /// deserialisation sets); else clear the source.
     pub fn new(data: bytes::Bytes) -> Self {
         Self {
             data: Some(data),

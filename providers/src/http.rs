@@ -283,14 +283,22 @@ impl Upstream {
             headers.append(name.clone(), value.clone());
         }
         // Request ids and traceparents were checked to be short visible
-        // ASCII where they came in; anything else is left out.
-        let mut forward = |name: &'static str, value: Option<&str>| {
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
-        };
-        forward("x-request-id", ctx.request_id.as_deref());
-        forward("traceparent", ctx.traceparent.as_deref());
+        // ASCII where they came in; anything else is left out. The id's
+        // header shares its bytes rather than copying them.
+        let request_id = ctx
+            .request_id
+            .as_ref()
+            .and_then(|id| HeaderValue::from_maybe_shared(id.as_bytes().clone()).ok());
+        if let Some(value) = request_id {
+            headers.insert(HeaderName::from_static("x-request-id"), value);
+        }
+        if let Some(value) = ctx
+            .traceparent
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            headers.insert(HeaderName::from_static("traceparent"), value);
+        }
         UpstreamRequest::new(method, uri, headers)
     }
 

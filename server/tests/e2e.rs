@@ -1282,6 +1282,66 @@ async fn stream_chunks_go_out_as_the_upstreams_bytes_relabelled_and_without_unas
     }
 }
 
+#[tokio::test]
+async fn stream_chunks_with_a_nested_usage_key_go_out_as_sent() {
+    // This upstream sends no top-level `usage` on its content chunks
+    // (though the gateway asks for usage), and a `usage` key inside
+    // another member. Such chunks need no edit: they go out as the
+    // upstream's bytes (sorted keys, `choices` first; the gateway's own
+    // serialisation starts with `id`), the nested key kept, and the usage
+    // chunk the client did not ask for is dropped.
+    let (_up, gw) = alpha_gateway(&[("nested-usage", "nested-usage")]).await;
+    let response = stream_chat(&gw, "nested-usage").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let chunks = &data[..data.len() - 1];
+    assert!(chunks.len() >= 3, "{data:?}");
+    for chunk in chunks {
+        assert!(
+            chunk.starts_with("{\"choices\":"),
+            "forwarded as sent: {chunk}"
+        );
+        assert!(chunk.contains("\"x_meta\":{\"usage\":1}"), "{chunk}");
+        let value: Value = serde_json::from_str(chunk).unwrap();
+        assert!(value.get("usage").is_none(), "{chunk}");
+    }
+    assert_eq!(stream_text(&text), "Hello from alpha");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_answered_by_a_fallback_model_is_counted_under_that_model() {
+    let up = openai_upstream("alpha").await;
+    let toml = format!(
+        "{FAST_MANAGER}\n{}\n{}\n[routes.\"primary\"]\nfallbacks = [\"backup\"]\n",
+        openai_provider("p0", &up.base_url(), &[("primary", "status-500")], ""),
+        openai_provider("p1", &up.base_url(), &[("backup", "ok")], ""),
+    );
+    let gw = gateway(&toml).await;
+    let response = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("primary"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-model"], "backup");
+    let metrics = scrape(&gw).await;
+    let answered = |model: &str| {
+        metrics.iter().any(|l| {
+            l.starts_with("switchyard_requests_total{")
+                && l.contains(&format!("model=\"{model}\""))
+                && l.contains("status=\"200\"")
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(answered("backup"), "{metrics:?}");
+    assert!(!answered("primary"), "{metrics:?}");
+    gw.stop().await;
+}
+
 /// `POST /v1/chat/completions` skips the router (`dispatch.rs`); served by
 /// the router instead (axum's own server on the same config), every answer
 /// must be the same: status, body and the headers a client reads.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytestring::ByteString;
 use futures_core::Stream;
 use futures_util::future::Either;
 use futures_util::{FutureExt, StreamExt};
@@ -54,7 +55,7 @@ pub struct FailoverOptions {
     /// Requested output limit.
     pub max_output_tokens: Option<u32>,
     /// Forwarded upstream as `x-request-id`, and logged.
-    pub request_id: Option<Arc<str>>,
+    pub request_id: Option<ByteString>,
     /// Forwarded upstream as `traceparent`.
     pub traceparent: Option<String>,
     /// Only deployments that speak Anthropic Messages natively.

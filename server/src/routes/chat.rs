@@ -191,7 +191,7 @@ fn stream(
             } else {
                 None
             };
-        let upstream = recorder.upstream().clone();
+        let upstream = recorder.upstream().share();
         let outcome = state
             .manager
             .execute_stream_with_failover(options, move |mut attempt| {
@@ -310,11 +310,12 @@ impl ChatEvents {
         }
         // OpenAI, asked for usage (by the gateway, not the client), sends a
         // null `usage` on every chunk but the last. Where it ends the
-        // document, it is the top-level member without a parse.
-        let cut = if self.client_wants_usage || USAGE_KEY.find(data).is_none() {
+        // document, it is the top-level member without a parse. The parse
+        // says whether there is one; the bytes are not searched for a
+        // `usage` key (a nested one is not the client's to lose, and a
+        // usage object is kept as serialising would keep it).
+        let cut = if self.client_wants_usage || !null_usage {
             None
-        } else if !null_usage {
-            return false;
         } else if data.ends_with(NULL_USAGE_TAIL) {
             let close = data.len() - 1;
             Some(close + 1 - NULL_USAGE_TAIL.len()..close)
@@ -449,7 +450,3 @@ impl sse::EventWriter for ChatEvents {
 
 /// How chunk data ends when its last top-level member is a null `usage`.
 const NULL_USAGE_TAIL: &[u8] = b",\"usage\":null}";
-
-/// Finds a `"usage"` key in chunk data (the searcher is built once).
-static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));

@@ -20,8 +20,8 @@ pub mod metrics;
 pub mod models;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -30,7 +30,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use switchyard_core::{
-    Attempt, FailoverOptions, FailoverResult, Pricing, ProviderError, RequestType, Usage,
+    Attempt, ByteString, FailoverOptions, FailoverResult, Pricing, ProviderError, RequestType,
+    Usage,
 };
 
 use crate::app::AppState;
@@ -44,8 +45,9 @@ pub const REGION_HEADER: &str = "x-switchyard-region";
 #[derive(Clone, Debug)]
 pub struct RequestMeta {
     /// The client's `x-request-id` (if sane), else a generated one;
-    /// shared with the failover options and every attempt's context.
-    pub request_id: Arc<str>,
+    /// shared with the failover options and every attempt's context, and
+    /// the `x-request-id` headers (answer and upstream) share its bytes.
+    pub request_id: ByteString,
     /// The client's `traceparent`, forwarded upstream.
     pub traceparent: Option<String>,
     /// `x-switchyard-region`.
@@ -100,7 +102,7 @@ impl RequestMeta {
                 .map(str::to_owned)
         };
         Self {
-            request_id: text(request_id).map_or_else(new_request_id, Arc::from),
+            request_id: text(request_id).map_or_else(new_request_id, ByteString::from),
             traceparent: text(traceparent),
             region: text(region),
         }
@@ -108,7 +110,7 @@ impl RequestMeta {
 }
 
 /// A fresh request id: `req_` and 32 hex digits.
-pub fn new_request_id() -> Arc<str> {
+pub fn new_request_id() -> ByteString {
     // Written digit by digit: `format!` of a u128 cost ~1,000 instructions.
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let random = rand::random::<u128>();
@@ -118,8 +120,9 @@ pub fn new_request_id() -> Arc<str> {
         let digit = (random >> (shift * 4)) & 0xf;
         id[at] = HEX[digit as usize];
     }
-    // Hex digits and `req_`: always UTF-8.
-    Arc::from(std::str::from_utf8(&id).unwrap_or("req_"))
+    // One allocation, its clones counted references: a `Bytes` made from
+    // a `Vec` would allocate again at its first clone.
+    ByteString::try_from(Bytes::from_owner(id)).unwrap_or_else(|_| ByteString::from_static("req_"))
 }
 
 /// The body bytes, or 413 / 400 in `shape`.
@@ -237,7 +240,7 @@ pub fn options(
         .or_else(|| body_region.map(str::to_owned));
     options.estimated_input_tokens = estimated_input_tokens;
     options.max_output_tokens = max_output_tokens;
-    options.request_id = Some(Arc::clone(&meta.request_id));
+    options.request_id = Some(meta.request_id.clone());
     options.traceparent = meta.traceparent.clone();
     options
 }
@@ -391,7 +394,7 @@ pub fn stream_error(error: &ProviderError, provider: &str, model: &str) -> ApiEr
 
 /// Adds `x-request-id` to any response.
 pub fn with_request_id(mut response: Response, meta: &RequestMeta) -> Response {
-    if let Ok(value) = HeaderValue::from_str(&meta.request_id) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(meta.request_id.as_bytes().clone()) {
         response
             .headers_mut()
             .insert(REQUEST_ID_HEADER.clone(), value);
@@ -577,14 +580,20 @@ pub fn success_headers(response: &mut Response, answered: &Answered) {
     headers.insert(ATTEMPTS.clone(), attempts);
 }
 
-/// Time spent inside upstream calls during one request (for the overhead metric).
-#[derive(Clone, Debug, Default)]
-pub struct UpstreamTimer(Arc<AtomicU64>);
+/// Time spent inside upstream calls during one request (for the overhead
+/// metric). Counted in place: only a stream, whose calls outlive the
+/// handler, makes a shared count ([`Self::share`]), so a non-stream
+/// request allocates none.
+#[derive(Debug, Default)]
+pub struct UpstreamTimer {
+    own: AtomicU64,
+    shared: OnceLock<Arc<AtomicU64>>,
+}
 
 impl UpstreamTimer {
     /// Adds `took`.
     pub fn add(&self, took: Duration) {
-        add_to(&self.0, took);
+        add_to(&self.own, took);
     }
 
     /// Starts timing one call; the time is added when the span drops
@@ -592,22 +601,43 @@ impl UpstreamTimer {
     /// timer would cost two atomic read-modify-writes.
     pub fn span(&self) -> UpstreamSpan<'_> {
         UpstreamSpan {
-            total: SpanTotal::Lent(&self.0),
+            total: SpanTotal::Lent(&self.own),
             started: Instant::now(),
         }
     }
 
-    /// [`Self::span`] for a call that outlives the handler (a stream).
+    /// A count the calls that outlive the handler (a stream's) add to;
+    /// [`Self::total`] includes it.
+    pub fn share(&self) -> SharedUpstreamTimer {
+        SharedUpstreamTimer(Arc::clone(self.shared.get_or_init(Arc::default)))
+    }
+
+    /// Total so far.
+    pub fn total(&self) -> Duration {
+        let shared = self
+            .shared
+            .get()
+            .map_or(0, |shared| shared.load(Ordering::Relaxed));
+        Duration::from_nanos(self.own.load(Ordering::Relaxed).saturating_add(shared))
+    }
+}
+
+/// An [`UpstreamTimer`]'s count shared with calls that outlive the handler.
+#[derive(Clone, Debug)]
+pub struct SharedUpstreamTimer(Arc<AtomicU64>);
+
+impl SharedUpstreamTimer {
+    /// Adds `took`.
+    pub fn add(&self, took: Duration) {
+        add_to(&self.0, took);
+    }
+
+    /// [`UpstreamTimer::span`] for a call that outlives the handler.
     pub fn into_span(self) -> UpstreamSpan<'static> {
         UpstreamSpan {
             total: SpanTotal::Shared(self.0),
             started: Instant::now(),
         }
-    }
-
-    /// Total so far.
-    pub fn total(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -712,7 +742,11 @@ impl Recorder {
     /// The provider and model that answered.
     pub fn answered_by(&mut self, provider: &str, model: &str, pricing: Pricing) {
         provider.clone_into(&mut self.provider);
-        self.set_model(model);
+        // The requested model's label stands when that model answered
+        // (nearly always): no second lookup of the configured names.
+        if self.model != model {
+            self.set_model(model);
+        }
         self.pricing = pricing;
     }
 
@@ -912,6 +946,20 @@ mod tests {
         headers.insert("x-request-id", HeaderValue::from_static("has space"));
         let meta = RequestMeta::from_headers(&headers);
         assert!(meta.request_id.starts_with("req_"), "{}", meta.request_id);
+    }
+
+    #[test]
+    fn a_shared_count_is_made_once_and_adds_to_the_total() {
+        let timer = UpstreamTimer::default();
+        timer.add(Duration::from_millis(3));
+        assert_eq!(timer.total(), Duration::from_millis(3));
+        timer.share().add(Duration::from_millis(5));
+        // A second share is the same count, not a new one.
+        let shared = timer.share();
+        shared.add(Duration::from_millis(2));
+        assert_eq!(timer.total(), Duration::from_millis(10));
+        drop(shared.into_span());
+        assert!(timer.total() >= Duration::from_millis(10));
     }
 
     #[test]

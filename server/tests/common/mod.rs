@@ -13,6 +13,8 @@
 //! - `paced-stream`: the same with 15 chunks (1.5 s);
 //! - `cut-before-content` / `cut-after-content`: streams that close without
 //!   `finish_reason` before / after text;
+//! - `nested-usage`: stream chunks with a nested `usage` key and, even
+//!   when usage is asked for, no top-level `usage` but on the last;
 //! - anything else: `Hello from <name>` (streamed word by word).
 #![allow(
     dead_code,
@@ -292,8 +294,11 @@ async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, bytes: Bytes)
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         });
-        if include_usage {
+        if include_usage && !model.contains("nested-usage") {
             chunk["usage"] = Value::Null;
+        }
+        if model.contains("nested-usage") {
+            chunk["x_meta"] = json!({"usage": 1});
         }
         // A member after `usage`, as OpenAI's `obfuscation` comes after it.
         if model.contains("padded") {
