@@ -38,6 +38,7 @@
 //! # });
 //! ```
 
+pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod event;

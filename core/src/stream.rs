@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::{ProviderError, TimeoutPhase};
 use crate::provider::CallContext;
-use crate::types::{ChatChunk, ChatStream, ChunkItem};
+use crate::types::{ChatStream, ChunkItem, StreamChunk};
 
 /// How long a complete stream may stay open waiting for its terminator.
 pub const FINALIZE_AFTER: Duration = Duration::from_secs(2);
@@ -151,7 +151,7 @@ impl<S> TimedStream<S> {
         self.silence.restart(self.deadline, limit);
     }
 
-    fn on_chunk(&mut self, chunk: &ChatChunk) {
+    fn on_chunk(&mut self, chunk: &StreamChunk) {
         self.chunks += 1;
         if chunk.finish_reason().is_some() {
             self.finished = true;
@@ -224,11 +224,12 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    fn chunk(text: &str, finish: Option<&str>) -> Box<ChatChunk> {
-        serde_json::from_value(serde_json::json!({
+    /// A chunk as an OpenAI adapter makes it: its data, unparsed.
+    fn chunk(text: &str, finish: Option<&str>) -> StreamChunk {
+        let data = serde_json::json!({
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]
-        }))
-        .unwrap()
+        });
+        StreamChunk::pass_through(data.to_string().into()).unwrap()
     }
 
     fn ctx() -> CallContext {

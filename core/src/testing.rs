@@ -20,7 +20,7 @@ use crate::provider::{CallContext, Capabilities, Provider};
 use crate::types::{
     ChatChoice, ChatChunk, ChatMessage, ChatRequest, ChatResponse, ChatStream, ChunkChoice,
     ChunkDelta, ChunkItem, CompletionRequest, CompletionResponse, EmbeddingsRequest,
-    EmbeddingsResponse, ModelInfo, Usage,
+    EmbeddingsResponse, ModelInfo, StreamChunk, Usage,
 };
 
 /// How a scripted stream behaves.
@@ -632,6 +632,16 @@ impl futures_core::Stream for ChannelStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.rx
             .poll_recv(cx)
-            .map(|item| item.map(|chunk| chunk.map(Box::new)))
+            .map(|item| item.map(|chunk| chunk.map(as_adapter_makes_it)))
+    }
+}
+
+/// `chunk` as an OpenAI adapter hands it on: its event data, unparsed,
+/// when it has the usual shape ([`StreamChunk::pass_through`]), else
+/// parsed.
+pub fn as_adapter_makes_it(chunk: ChatChunk) -> StreamChunk {
+    match serde_json::to_string(&chunk) {
+        Ok(data) => StreamChunk::pass_through(data.into()).unwrap_or_else(|_| chunk.into()),
+        Err(_) => chunk.into(),
     }
 }

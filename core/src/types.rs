@@ -791,12 +791,14 @@ pub struct FunctionCallDelta {
 /// `finish_reason`; a stream cut short yields an error item instead.
 pub type ChatStream = Pin<Box<dyn Stream<Item = ChunkItem> + Send>>;
 
-/// One item of a [`ChatStream`]. The chunk is boxed: a chunk passes
-/// through several streams (the adapter's parser, timing, the call guard,
-/// resumption) to the writer, and each returned the 224-byte chunk by
-/// value; boxed, each moves a pointer (the bench's stream of eight
+/// One item of a [`ChatStream`]. A parsed chunk in it is boxed: a chunk
+/// passes through several streams (the adapter's parser, timing, the call
+/// guard, resumption) to the writer, and each returned the 224-byte chunk
+/// by value; boxed, each moves a pointer (the bench's stream of eight
 /// chunks copied 47 kB instead of 61 kB).
-pub type ChunkItem = Result<Box<ChatChunk>, ProviderError>;
+pub type ChunkItem = Result<StreamChunk, ProviderError>;
+
+pub use crate::chunk::StreamChunk;
 
 /// One raw server-sent event, for native pass-through (Anthropic Messages).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

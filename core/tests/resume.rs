@@ -28,6 +28,9 @@ struct Outcome {
     error: Option<ProviderError>,
     usage: Option<Usage>,
     provider: String,
+    /// Chunks received, and how many of them still unparsed.
+    chunks: usize,
+    unparsed: usize,
 }
 
 async fn stream(manager: &ProviderManager, include_usage: bool) -> Outcome {
@@ -53,10 +56,14 @@ async fn stream(manager: &ProviderManager, include_usage: bool) -> Outcome {
         error: None,
         usage: None,
         provider: result.provider_id.to_string(),
+        chunks: 0,
+        unparsed: 0,
     };
     while let Some(item) = result.result.next().await {
         match item {
             Ok(chunk) => {
+                outcome.chunks += 1;
+                outcome.unparsed += usize::from(chunk.is_unparsed());
                 outcome.text.push_str(&chunk.text());
                 if chunk.usage.is_some() {
                     outcome.usage = chunk.usage.clone();
@@ -239,6 +246,18 @@ async fn a_replay_that_diverges_ends_with_an_error_not_a_seam() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_of_the_usual_shape_pass_the_managers_layers_unparsed() {
+    let p = ScriptedProvider::shared(ANSWER);
+    let manager = build(vec![(config("p", &["m"]), p)], StreamResume::Auto);
+    let outcome = stream(&manager, true).await;
+    assert_eq!(outcome.text, ANSWER);
+    assert_eq!(outcome.usage.map(|u| u.completion_tokens), Some(8));
+    // The role chunk, eight words, the finish and the usage chunk: none
+    // was parsed on its way through timing, the call guard and resumption.
+    assert_eq!((outcome.chunks, outcome.unparsed), (11, 11));
 }
 
 #[tokio::test(start_paused = true)]

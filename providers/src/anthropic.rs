@@ -1068,7 +1068,7 @@ impl AnthropicChunkReader {
             None
         } else {
             self.usage_sent = true;
-            Some(Ok(Box::new(self.translator.usage_chunk())))
+            Some(Ok(self.translator.usage_chunk().into()))
         }
     }
 
@@ -1108,7 +1108,7 @@ impl Stream for AnthropicChunkReader {
         loop {
             if let Some(chunk) = this.pending.pop_front() {
                 this.chunks += 1;
-                return Poll::Ready(Some(Ok(Box::new(chunk))));
+                return Poll::Ready(Some(Ok(chunk.into())));
             }
             if this.done {
                 return Poll::Ready(None);

@@ -19,7 +19,8 @@ use switchyard_core::stream::TimedStream;
 use switchyard_core::{
     BoxedChatChunk, CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream,
     ChunkItem, CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse,
-    ModelInfo, Provider, ProviderError, RawChatResponse, Secret, StreamOptions, TimeoutPhase,
+    ModelInfo, Provider, ProviderError, RawChatResponse, Secret, StreamChunk, StreamOptions,
+    TimeoutPhase,
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
@@ -171,25 +172,39 @@ impl ChunkReader {
 
     /// A chunk or in-band error from one event; `None` for a malformed one.
     fn read(&mut self, event: SseEvent) -> Option<ChunkItem> {
-        // Almost every event is a plain chunk: parse it straight into
-        // one (parsing a `Value` first doubled the cost of a chunk).
-        if event.event.as_deref() != Some("error") {
-            if let Ok(BoxedChatChunk(mut chunk)) = serde_json::from_str(&event.data) {
-                if chunk.extra.get("error").is_none_or(Value::is_null) {
+        let SseEvent { event, data } = event;
+        let named_error = event.as_deref() == Some("error");
+        let data = if named_error {
+            data
+        } else {
+            // Almost every event is a chunk of the usual shape: it goes on
+            // as its bytes, read only for what the stream needs.
+            let data = match StreamChunk::pass_through(data) {
+                Ok(chunk) => {
                     self.count(&chunk);
+                    return Some(Ok(chunk));
+                }
+                Err(data) => data,
+            };
+            // Otherwise parse it straight into a chunk (parsing a `Value`
+            // first doubled the cost of a chunk).
+            if let Ok(BoxedChatChunk(mut chunk)) = serde_json::from_str(&data) {
+                if chunk.extra.get("error").is_none_or(Value::is_null) {
                     // The data itself goes along: unchanged chunks are
                     // written out as these bytes, not serialised again.
-                    chunk.source.attach(event.data.into_bytes());
+                    chunk.source.attach(data.into_bytes());
+                    let chunk = StreamChunk::from(chunk);
+                    self.count(&chunk);
                     return Some(Ok(chunk));
                 }
             }
-        }
-        let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+            data
+        };
+        let Ok(value) = serde_json::from_str::<Value>(&data) else {
             count_malformed(&self.provider);
             return None;
         };
-        let error_event = event.event.as_deref() == Some("error")
-            || value.get("error").is_some_and(|e| !e.is_null());
+        let error_event = named_error || value.get("error").is_some_and(|e| !e.is_null());
         if error_event {
             self.done = true;
             return Some(Err(in_band_error(&value, self.secret.as_ref())));
@@ -198,11 +213,12 @@ impl ChunkReader {
             count_malformed(&self.provider);
             return None;
         };
+        let chunk = StreamChunk::from(chunk);
         self.count(&chunk);
-        Some(Ok(Box::new(chunk)))
+        Some(Ok(chunk))
     }
 
-    fn count(&mut self, chunk: &ChatChunk) {
+    fn count(&mut self, chunk: &StreamChunk) {
         self.chunks += 1;
         if chunk.finish_reason().is_some() {
             self.finished = true;

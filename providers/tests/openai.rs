@@ -81,7 +81,7 @@ async fn collect(stream: switchyard_core::ChatStream) -> (Vec<ChatChunk>, Option
     let mut stream = stream;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(chunk) => chunks.push(*chunk),
+            Ok(chunk) => chunks.push(*chunk.into_chat_chunk()),
             Err(error) => {
                 assert!(stream.next().await.is_none(), "nothing after an error");
                 return (chunks, Some(error));
@@ -527,6 +527,38 @@ async fn streams_parse_ask_for_usage_and_keep_the_usage_chunk() {
     assert_eq!(sent["stream"], true);
     assert_eq!(sent["stream_options"], json!({"include_usage": true}));
     assert_eq!(seen.last_headers()["accept"], "text/event-stream");
+}
+
+/// Whether each item of `stream` came out unparsed, and the text it reads.
+async fn unparsed_flags(mut stream: switchyard_core::ChatStream) -> (Vec<bool>, String) {
+    let mut flags = Vec::new();
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        let chunk = item.unwrap();
+        flags.push(chunk.is_unparsed());
+        text.push_str(&chunk.text_ref());
+        assert!(chunk.source().is_some(), "the upstream's data goes along");
+    }
+    (flags, text)
+}
+
+#[tokio::test]
+async fn usual_chunks_leave_the_adapter_as_their_data_and_tool_calls_parsed() {
+    let (server, _) = setup().await;
+    let stream = at(&server, "stream")
+        .chat_stream(chat_request(true), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(
+        unparsed_flags(stream).await,
+        (vec![true; 5], "Hello!".to_owned())
+    );
+    let stream = at(&server, "tools")
+        .chat_stream(chat_request(true), &ctx())
+        .await
+        .unwrap();
+    let (flags, _) = unparsed_flags(stream).await;
+    assert!(!flags[0], "a tool-call delta is parsed: {flags:?}");
 }
 
 #[tokio::test]

@@ -511,7 +511,7 @@ impl Stream for GuardedStream {
         let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
             Poll::Ready(Some(Ok(chunk))) => {
-                if let (Some(usage), Some(guard)) = (chunk.usage.as_ref(), self.guard.as_ref()) {
+                if let (Some(usage), Some(guard)) = (chunk.usage(), self.guard.as_ref()) {
                     guard.settle(Some(usage));
                 }
             }

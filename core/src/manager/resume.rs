@@ -31,7 +31,7 @@ use crate::event::EventKind;
 use crate::registry::Deployment;
 use crate::state::DeploymentState;
 use crate::types::{
-    ChatChunk, ChatMessage, ChatRequest, ChatStream, ChunkItem, MessageContent, Usage,
+    ChatMessage, ChatRequest, ChatStream, ChunkItem, MessageContent, StreamChunk, Usage,
 };
 
 use super::ProviderManager;
@@ -101,11 +101,7 @@ where
 
 /// A stream that produced its first content (or completed) on one deployment.
 pub(crate) struct Opened {
-    #[allow(
-        clippy::vec_box,
-        reason = "the chunks arrive and leave boxed (`ChunkItem`)"
-    )]
-    pub prefix: Vec<Box<ChatChunk>>,
+    pub prefix: Vec<StreamChunk>,
     pub rest: Option<ChatStream>,
     pub deployment: Arc<Deployment>,
 }
@@ -136,7 +132,7 @@ pub(crate) struct ResumingStream {
     options: FailoverOptions,
     op: SharedOp,
     mode: StreamResume,
-    pending: VecDeque<Box<ChatChunk>>,
+    pending: VecDeque<StreamChunk>,
     current: Option<ChatStream>,
     deployment: Arc<Deployment>,
     sent_text: String,
@@ -224,17 +220,19 @@ impl ResumingStream {
     }
 
     /// Decides what of `chunk` the client gets: `None` to drop it.
-    fn forward(&mut self, mut chunk: Box<ChatChunk>) -> Option<ChunkItem> {
-        if chunk.choices.is_empty() {
-            if let (Some(usage), Some(carried)) =
-                (chunk.usage.as_mut(), self.carried_usage.as_ref())
-            {
-                usage.accumulate(carried);
-                chunk.source.clear();
+    fn forward(&mut self, mut chunk: StreamChunk) -> Option<ChunkItem> {
+        if chunk.has_no_choices() {
+            if let Some(carried) = self.carried_usage.as_ref() {
+                if chunk.usage().is_some() {
+                    if let Some(usage) = chunk.usage.as_mut() {
+                        usage.accumulate(carried);
+                    }
+                    chunk.source.clear();
+                }
             }
             return Some(Ok(chunk));
         }
-        if chunk.choices.len() > 1 || chunk.choices.iter().any(|c| c.index > 0) {
+        if chunk.is_multi_choice() {
             self.multi_choice = true;
         }
         let text = chunk.text_ref();

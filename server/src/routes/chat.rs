@@ -395,18 +395,18 @@ impl sse::EventWriter for ChatEvents {
         loop {
             match ready!(self.stream.poll_next_unpin(cx)) {
                 Some(Ok(mut chunk)) => {
-                    if let (Some(usage), Some(recorder)) = (&chunk.usage, self.recorder.as_mut()) {
+                    if let (Some(usage), Some(recorder)) = (chunk.usage(), self.recorder.as_mut()) {
                         recorder.usage(usage);
                     }
-                    if !self.client_wants_usage && chunk.choices.is_empty() && chunk.usage.is_some()
+                    if !self.client_wants_usage && chunk.has_no_choices() && chunk.usage().is_some()
                     {
                         continue;
                     }
                     // The upstream's own bytes, edited where needed, rather
                     // than the chunk serialised again.
-                    if let Some(data) = chunk.source.bytes() {
-                        let null_usage = chunk.source.has_null_usage();
-                        if self.put_upstream_bytes(out, data, &chunk.model, null_usage) {
+                    if let Some(data) = chunk.source() {
+                        let null_usage = chunk.has_null_usage();
+                        if self.put_upstream_bytes(out, data, chunk.model(), null_usage) {
                             return Poll::Ready(true);
                         }
                     }

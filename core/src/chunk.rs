@@ -1,0 +1,585 @@
+//! Stream chunks on their way from an adapter to a writer: the upstream's event data, read only as far as the gateway needs it, or a parsed chunk.
+//!
+//! Every chunk of an OpenAI-format stream used to be parsed into a
+//! [`ChatChunk`] (strings copied, maps built) although the gateway only
+//! needs a few facts from most of them: whether it carries content, its
+//! `finish_reason`, its text (kept for resumption), its `usage` and its
+//! `model`; the writer then sends the upstream's bytes. A chunk of the
+//! usual shape ([`StreamChunk::pass_through`]) is read into those facts by
+//! a borrowing parse that copies nothing, and parsed in full only when
+//! someone looks at its fields (through `Deref`), which the paths taken by
+//! an ordinary stream never do. Any other chunk is parsed in full at once.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::LazyLock;
+
+use bytestring::ByteString;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::types::{BoxedChatChunk, ChatChunk, Usage};
+
+/// One chunk of a [`ChatStream`](crate::types::ChatStream).
+///
+/// Methods of its own answer what the stream layers ask of every chunk
+/// without parsing it; every other question goes to the [`ChatChunk`] it
+/// derefs to, parsed on first use. Changing it through `DerefMut` parses
+/// it for good; as with any [`ChatChunk`], whoever changes a field must
+/// [`clear`](crate::types::ChunkSource::clear) its source.
+pub struct StreamChunk {
+    /// The parsed chunk, when it was made from one or changed since.
+    owned: Option<Box<ChatChunk>>,
+    /// The upstream's event data while nothing changed it.
+    raw: Option<RawChunk>,
+}
+
+/// Event data of the usual shape and what a stream needs from it.
+struct RawChunk {
+    data: ByteString,
+    facts: Facts,
+    parsed: OnceCell<Box<ChatChunk>>,
+}
+
+/// Byte ranges into the data of a [`RawChunk`] (string values, quotes
+/// excluded), and what else the borrowing parse saw.
+#[derive(Clone, Debug)]
+struct Facts {
+    model: Span,
+    /// No choice at all (the final usage chunk) rather than one.
+    no_choices: bool,
+    content: Option<Span>,
+    finish_reason: Option<Span>,
+    /// The `usage` object: parsed, being small and owning no strings.
+    usage: Option<Box<Usage>>,
+    null_usage: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Where `value`, borrowed from `data`, sits in it.
+    fn of(data: &str, value: &str) -> Option<Self> {
+        let start = (value.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+        let end = start.checked_add(value.len())?;
+        (end <= data.len()).then_some(())?;
+        Some(Self {
+            start: u32::try_from(start).ok()?,
+            end: u32::try_from(end).ok()?,
+        })
+    }
+
+    fn get(self, data: &str) -> &str {
+        data.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// What a chunk looks like when it can travel as its bytes: the fields a
+/// [`ChatChunk`] parses typed as it types them (so that the full parse,
+/// when it comes, succeeds), one choice at index 0 whose delta has only a
+/// role and plain text (or no choice, as in the final usage chunk), and no
+/// `error`. Strings are
+/// borrowed, so an escaped one fails this parse and the chunk is parsed in
+/// full instead; members of other names are checked as JSON and skipped
+/// (a [`ChatChunk`] keeps them in `extra`, whatever their type).
+#[derive(Deserialize)]
+struct UsualChunk<'a> {
+    #[serde(default, borrow)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    id: &'a str,
+    #[serde(default, borrow)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    object: &'a str,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    created: u64,
+    #[serde(default, borrow)]
+    model: &'a str,
+    #[serde(borrow)]
+    choices: UsualChoices<'a>,
+    #[serde(default)]
+    usage: UsageMember,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    error: NullOnly,
+}
+
+#[derive(Default, Deserialize)]
+struct UsualChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    delta: UsualDelta<'a>,
+    #[serde(default, borrow)]
+    finish_reason: Option<&'a str>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    logprobs: NullOnly,
+}
+
+/// A delta of text only: tool calls, reasoning text or a refusal send the
+/// chunk to the full parse (null ones are what some servers put on every
+/// chunk).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsualDelta<'a> {
+    #[serde(default, borrow)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    role: Option<&'a str>,
+    #[serde(default, borrow)]
+    content: Option<&'a str>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    tool_calls: NullOnly,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    reasoning_content: NullOnly,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    refusal: NullOnly,
+}
+
+/// No choice or one: more fail the parse.
+struct UsualChoices<'a>(Option<UsualChoice<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for UsualChoices<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoicesVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for ChoicesVisitor<'a> {
+            type Value = UsualChoices<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("no choice or one")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UsualChoices<'a>, A::Error> {
+                let first = seq.next_element()?;
+                if first.is_some() && seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::custom("more than one choice"));
+                }
+                Ok(UsualChoices(first))
+            }
+        }
+        deserializer.deserialize_seq(ChoicesVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A chunk's `usage`: absent, `null` (OpenAI's on every chunk but the last
+/// once usage is asked for) or an object.
+#[derive(Default)]
+enum UsageMember {
+    #[default]
+    Absent,
+    Null,
+    Object(Box<Usage>),
+}
+
+impl<'de> Deserialize<'de> for UsageMember {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<Box<Usage>>::deserialize(deserializer)? {
+            None => Self::Null,
+            Some(usage) => Self::Object(usage),
+        })
+    }
+}
+
+/// A member that is absent or `null`; any other value fails the parse.
+#[derive(Default, PartialEq, Eq)]
+enum NullOnly {
+    #[default]
+    Absent,
+    Null,
+}
+
+impl<'de> Deserialize<'de> for NullOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Option::<IgnoredAny>::deserialize(deserializer)? {
+            None => Ok(Self::Null),
+            Some(_) => Err(serde::de::Error::custom(
+                "a value the pass-through does not read",
+            )),
+        }
+    }
+}
+
+impl RawChunk {
+    fn read(data: &ByteString) -> Option<Facts> {
+        let text: &str = data;
+        let usual: UsualChunk<'_> = serde_json::from_str(text).ok()?;
+        let none = UsualChoice::default();
+        let choice = usual.choices.0.as_ref().unwrap_or(&none);
+        if choice.index != 0 {
+            return None;
+        }
+        // `Some(None)` for an absent value, `None` for one not in `text`.
+        let span = |value: Option<&str>| match value {
+            None => Some(None),
+            Some(value) => Span::of(text, value).map(Some),
+        };
+        Some(Facts {
+            // An absent model reads as the empty default, not from `text`.
+            model: if usual.model.is_empty() {
+                Span { start: 0, end: 0 }
+            } else {
+                Span::of(text, usual.model)?
+            },
+            no_choices: usual.choices.0.is_none(),
+            content: span(choice.delta.content)?,
+            finish_reason: span(choice.finish_reason)?,
+            null_usage: matches!(usual.usage, UsageMember::Null),
+            usage: match usual.usage {
+                UsageMember::Object(usage) => Some(usage),
+                UsageMember::Absent | UsageMember::Null => None,
+            },
+        })
+    }
+
+    fn str(&self, span: Span) -> &str {
+        span.get(&self.data)
+    }
+
+    fn parsed(&self) -> &ChatChunk {
+        self.parsed.get_or_init(|| parse(&self.data))
+    }
+
+    fn into_parsed(self) -> Box<ChatChunk> {
+        match self.parsed.into_inner() {
+            Some(chunk) => chunk,
+            None => parse(&self.data),
+        }
+    }
+}
+
+/// The full parse of data [`RawChunk::read`] accepted. It cannot fail on
+/// such data (the shape was checked with the same types); were it to, the
+/// chunk would read as empty fields over its unchanged bytes.
+fn parse(data: &ByteString) -> Box<ChatChunk> {
+    let mut chunk = match serde_json::from_str::<BoxedChatChunk>(data) {
+        Ok(BoxedChatChunk(chunk)) => chunk,
+        Err(_) => Box::default(),
+    };
+    chunk.source.attach(data.clone().into_bytes());
+    chunk
+}
+
+/// What `Deref` gives for a chunk with neither form, which the
+/// constructors never make.
+static EMPTY: LazyLock<ChatChunk> = LazyLock::new(ChatChunk::default);
+
+impl StreamChunk {
+    /// The chunk in `data` when it has the usual shape (one choice at
+    /// index 0 carrying a role or plain text, a `finish_reason` or
+    /// neither, or no choice; no escaped strings, no `error`): read
+    /// without copying anything, parsed only if someone looks. Otherwise
+    /// `data` comes back for a full parse.
+    pub fn pass_through(data: ByteString) -> Result<Self, ByteString> {
+        match RawChunk::read(&data) {
+            Some(facts) => Ok(Self {
+                owned: None,
+                raw: Some(RawChunk {
+                    data,
+                    facts,
+                    parsed: OnceCell::new(),
+                }),
+            }),
+            None => Err(data),
+        }
+    }
+
+    /// Whether the chunk is still the upstream's data, not parsed.
+    pub fn is_unparsed(&self) -> bool {
+        self.raw
+            .as_ref()
+            .is_some_and(|raw| raw.parsed.get().is_none())
+    }
+
+    /// [`ChatChunk::has_content`].
+    pub fn has_content(&self) -> bool {
+        match &self.raw {
+            Some(raw) => raw.facts.content.is_some_and(|span| span.end > span.start),
+            None => (**self).has_content(),
+        }
+    }
+
+    /// [`ChatChunk::finish_reason`].
+    pub fn finish_reason(&self) -> Option<&str> {
+        match &self.raw {
+            Some(raw) => raw.facts.finish_reason.map(|span| raw.str(span)),
+            None => (**self).finish_reason(),
+        }
+    }
+
+    /// [`ChatChunk::text_ref`].
+    pub fn text_ref(&self) -> Cow<'_, str> {
+        match &self.raw {
+            Some(raw) => Cow::Borrowed(raw.facts.content.map_or("", |span| raw.str(span))),
+            None => (**self).text_ref(),
+        }
+    }
+
+    /// [`ChatChunk::has_tool_calls`].
+    pub fn has_tool_calls(&self) -> bool {
+        self.raw.is_none() && (**self).has_tool_calls()
+    }
+
+    /// The chunk's `usage` object, if it has one.
+    pub fn usage(&self) -> Option<&Usage> {
+        match &self.raw {
+            Some(raw) => raw.facts.usage.as_deref(),
+            None => self.owned.as_ref()?.usage.as_ref(),
+        }
+    }
+
+    /// Whether the chunk has no choices (the final usage chunk).
+    pub fn has_no_choices(&self) -> bool {
+        match &self.raw {
+            Some(raw) => raw.facts.no_choices,
+            None => self.choices.is_empty(),
+        }
+    }
+
+    /// Whether the chunk carries more than one choice or one at an index
+    /// other than 0.
+    pub fn is_multi_choice(&self) -> bool {
+        self.raw.is_none() && (self.choices.len() > 1 || self.choices.iter().any(|c| c.index > 0))
+    }
+
+    /// The model the chunk names.
+    pub fn model(&self) -> &str {
+        match &self.raw {
+            Some(raw) => raw.str(raw.facts.model),
+            None => &self.model,
+        }
+    }
+
+    /// The event data the chunk is, while unchanged ([`ChunkSource::bytes`](crate::types::ChunkSource::bytes)).
+    pub fn source(&self) -> Option<&[u8]> {
+        match &self.raw {
+            Some(raw) => Some(raw.data.as_bytes()),
+            None => self.owned.as_ref()?.source.bytes().map(|bytes| &bytes[..]),
+        }
+    }
+
+    /// [`ChunkSource::has_null_usage`](crate::types::ChunkSource::has_null_usage) of that data.
+    pub fn has_null_usage(&self) -> bool {
+        match &self.raw {
+            Some(raw) => raw.facts.null_usage,
+            None => self.source.has_null_usage(),
+        }
+    }
+
+    /// The parsed chunk.
+    pub fn into_chat_chunk(self) -> Box<ChatChunk> {
+        match (self.owned, self.raw) {
+            (Some(chunk), _) => chunk,
+            (None, Some(raw)) => raw.into_parsed(),
+            (None, None) => Box::default(),
+        }
+    }
+}
+
+impl Deref for StreamChunk {
+    type Target = ChatChunk;
+
+    fn deref(&self) -> &ChatChunk {
+        match (&self.owned, &self.raw) {
+            (Some(chunk), _) => chunk,
+            (None, Some(raw)) => raw.parsed(),
+            (None, None) => &EMPTY,
+        }
+    }
+}
+
+impl DerefMut for StreamChunk {
+    fn deref_mut(&mut self) -> &mut ChatChunk {
+        let chunk = match (self.owned.take(), self.raw.take()) {
+            (Some(chunk), _) => chunk,
+            (None, Some(raw)) => raw.into_parsed(),
+            (None, None) => Box::default(),
+        };
+        self.owned.insert(chunk)
+    }
+}
+
+impl From<Box<ChatChunk>> for StreamChunk {
+    fn from(chunk: Box<ChatChunk>) -> Self {
+        Self {
+            owned: Some(chunk),
+            raw: None,
+        }
+    }
+}
+
+impl From<ChatChunk> for StreamChunk {
+    fn from(chunk: ChatChunk) -> Self {
+        Box::new(chunk).into()
+    }
+}
+
+impl Clone for StreamChunk {
+    fn clone(&self) -> Self {
+        Self {
+            owned: self.owned.clone(),
+            raw: self.raw.as_ref().map(|raw| RawChunk {
+                data: raw.data.clone(),
+                facts: raw.facts.clone(),
+                parsed: raw.parsed.clone(),
+            }),
+        }
+    }
+}
+
+/// Serialised as its fields (writers send [`source`](StreamChunk::source)
+/// instead when they can).
+impl serde::Serialize for StreamChunk {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
+impl PartialEq for StreamChunk {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl fmt::Debug for StreamChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.raw {
+            Some(raw) => f
+                .debug_struct("StreamChunk")
+                .field("data", &&*raw.data)
+                .field("facts", &raw.facts)
+                .finish(),
+            None => fmt::Debug::fmt(&**self, f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ChunkChoice, ChunkDelta};
+
+    const TEXT: &str = r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"up-1","choices":[{"index":0,"delta":{"content":"Hello "},"finish_reason":null}]}"#;
+
+    fn raw(data: &str) -> StreamChunk {
+        StreamChunk::pass_through(ByteString::from(data.to_owned()))
+            .unwrap_or_else(|_| panic!("not passed through: {data}"))
+    }
+
+    fn refused(data: &str) -> bool {
+        StreamChunk::pass_through(ByteString::from(data.to_owned())).is_err()
+    }
+
+    fn parsed(data: &str) -> StreamChunk {
+        let BoxedChatChunk(mut chunk) = serde_json::from_str(data).unwrap();
+        chunk.source.attach(bytes::Bytes::from(data.to_owned()));
+        chunk.into()
+    }
+
+    /// Every question a stream layer asks gets the answer the parsed chunk gives.
+    fn assert_same_answers(data: &str) {
+        let raw = raw(data);
+        let full = parsed(data);
+        assert_eq!(raw.has_content(), full.has_content(), "{data}");
+        assert_eq!(raw.finish_reason(), full.finish_reason(), "{data}");
+        assert_eq!(raw.text_ref(), full.text_ref(), "{data}");
+        assert_eq!(raw.has_tool_calls(), full.has_tool_calls(), "{data}");
+        assert_eq!(raw.usage(), full.usage(), "{data}");
+        assert_eq!(raw.has_no_choices(), full.has_no_choices(), "{data}");
+        assert_eq!(raw.is_multi_choice(), full.is_multi_choice(), "{data}");
+        assert_eq!(raw.model(), full.model(), "{data}");
+        assert_eq!(raw.source(), full.source(), "{data}");
+        assert_eq!(raw.has_null_usage(), full.has_null_usage(), "{data}");
+        assert!(raw.is_unparsed(), "answering parsed it: {data}");
+        assert_eq!(raw, full, "{data}");
+        assert!(!raw.is_unparsed());
+    }
+
+    #[test]
+    fn usual_chunks_answer_as_their_full_parse_without_being_parsed() {
+        assert_same_answers(TEXT);
+        assert_same_answers(
+            r#"{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+        );
+        assert_same_answers(
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+        );
+        assert_same_answers(
+            r#"{"id":"c1","model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"é ✓","refusal":null,"reasoning_content":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        );
+        assert_same_answers(r#"{"choices":[{"delta":{"content":"x"}}]}"#);
+        // The final usage chunk, and a chunk with no choice at all.
+        assert_same_answers(
+            r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+        );
+        assert_same_answers(r#"{"id":"c1","model":"m","choices":[]}"#);
+    }
+
+    #[test]
+    fn chunks_of_other_shapes_are_left_to_the_full_parse() {
+        // Escaped text, tool calls, reasoning text, a usage object of the
+        // wrong shape, an error, two choices, a choice at index 1, a typed
+        // field of the wrong type, malformed JSON, log probabilities.
+        for data in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a\nb"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+            r#"{"model":"m","choices":[],"usage":{"prompt_tokens":"one"}}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}}],"error":{"message":"no"}}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"y"}}]}"#,
+            r#"{"model":"m","choices":[{"index":1,"delta":{"content":"y"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{}},{"index":0,"delta":{}},{"index":0,"delta":{}}]}"#,
+            r#"{"model":"m","created":"yesterday","choices":[{"index":0,"delta":{"content":"x"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}}]"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"},"logprobs":{"content":[]}}]}"#,
+        ] {
+            assert!(refused(data), "passed through: {data}");
+        }
+    }
+
+    #[test]
+    fn a_change_parses_the_chunk_and_its_answers_follow_the_fields() {
+        let mut chunk = raw(TEXT);
+        if let Some(choice) = chunk.choices.first_mut() {
+            choice.delta.content = Some("changed".to_owned());
+        }
+        chunk.source.clear();
+        assert!(!chunk.is_unparsed());
+        assert_eq!(chunk.text_ref(), "changed");
+        assert_eq!(chunk.source(), None);
+        assert_eq!(chunk.model(), "up-1");
+        assert_eq!(chunk.into_chat_chunk().created, 7);
+    }
+
+    #[test]
+    fn a_parsed_chunk_answers_from_its_fields() {
+        let chunk: StreamChunk = ChatChunk {
+            model: "m".to_owned(),
+            choices: vec![ChunkChoice {
+                index: 1,
+                delta: ChunkDelta {
+                    content: Some("x".to_owned()),
+                    ..ChunkDelta::default()
+                },
+                ..ChunkChoice::default()
+            }],
+            ..ChatChunk::default()
+        }
+        .into();
+        assert!(chunk.has_content());
+        assert!(chunk.is_multi_choice());
+        assert_eq!(chunk.source(), None);
+        assert!(!chunk.is_unparsed());
+        assert_eq!(chunk.clone(), chunk);
+    }
+}
