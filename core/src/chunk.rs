@@ -75,6 +75,17 @@ impl Span {
         })
     }
 
+    /// [`of`](Self::of) `value` borrowed from `base`, whose byte `at` is
+    /// the chunk's byte `at + shift`.
+    fn shifted(base: &str, value: &str, shift: usize) -> Option<Self> {
+        let Self { start, end } = Self::of(base, value)?;
+        let shift = u32::try_from(shift).ok()?;
+        Some(Self {
+            start: start.checked_add(shift)?,
+            end: end.checked_add(shift)?,
+        })
+    }
+
     fn get(self, data: &str) -> &str {
         data.get(self.start as usize..self.end as usize)
             .unwrap_or_default()
@@ -214,32 +225,13 @@ impl RawChunk {
     fn read(data: &ByteString) -> Option<Facts> {
         let text: &str = data;
         let usual: UsualChunk<'_> = serde_json::from_str(text).ok()?;
-        let none = UsualChoice::default();
-        let choice = usual.choices.0.as_ref().unwrap_or(&none);
-        if choice.index != 0 {
-            return None;
-        }
-        // `Some(None)` for an absent value, `None` for one not in `text`.
-        let span = |value: Option<&str>| match value {
-            None => Some(None),
-            Some(value) => Span::of(text, value).map(Some),
+        // An absent model reads as the empty default, not from `text`.
+        let model = if usual.model.is_empty() {
+            Span { start: 0, end: 0 }
+        } else {
+            Span::of(text, usual.model)?
         };
-        Some(Facts {
-            // An absent model reads as the empty default, not from `text`.
-            model: if usual.model.is_empty() {
-                Span { start: 0, end: 0 }
-            } else {
-                Span::of(text, usual.model)?
-            },
-            no_choices: usual.choices.0.is_none(),
-            content: span(choice.delta.content)?,
-            finish_reason: span(choice.finish_reason)?,
-            null_usage: matches!(usual.usage, UsageMember::Null),
-            usage: match usual.usage {
-                UsageMember::Object(usage) => Some(usage),
-                UsageMember::Absent | UsageMember::Null => None,
-            },
-        })
+        facts(text, 0, model, &usual.choices, usual.usage)
     }
 
     fn str(&self, span: Span) -> &str {
@@ -256,6 +248,163 @@ impl RawChunk {
             None => parse(&self.data),
         }
     }
+}
+
+/// The facts of a chunk whose `choices` and `usage` were read from `base`,
+/// whose byte `at` is the chunk's byte `at + shift`.
+fn facts(
+    base: &str,
+    shift: usize,
+    model: Span,
+    choices: &UsualChoices<'_>,
+    usage: UsageMember,
+) -> Option<Facts> {
+    let none = UsualChoice::default();
+    let choice = choices.0.as_ref().unwrap_or(&none);
+    if choice.index != 0 {
+        return None;
+    }
+    // `Some(None)` for an absent value, `None` for one not in `base`.
+    let span = |value: Option<&str>| match value {
+        None => Some(None),
+        Some(value) => Span::shifted(base, value, shift).map(Some),
+    };
+    Some(Facts {
+        model,
+        no_choices: choices.0.is_none(),
+        content: span(choice.delta.content)?,
+        finish_reason: span(choice.finish_reason)?,
+        null_usage: matches!(usage, UsageMember::Null),
+        usage: match usage {
+            UsageMember::Object(usage) => Some(usage),
+            UsageMember::Absent | UsageMember::Null => None,
+        },
+    })
+}
+
+/// The members of a chunk from its `choices` on, read as an object of
+/// their own once its leading members are known ([`UsualChunks`]). A
+/// leading member met again here fails the parse: the chunk then takes
+/// the full one.
+#[derive(Deserialize)]
+struct UsualRest<'a> {
+    #[serde(borrow)]
+    choices: UsualChoices<'a>,
+    #[serde(default)]
+    usage: UsageMember,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    error: NullOnly,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse it")]
+    id: Repeated,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse it")]
+    object: Repeated,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse it")]
+    created: Repeated,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse it")]
+    model: Repeated,
+}
+
+/// A member that must not be there: present, it fails the parse.
+#[derive(Default)]
+struct Repeated;
+
+impl<'de> Deserialize<'de> for Repeated {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "a leading member again after `choices`",
+        ))
+    }
+}
+
+/// Reads the chunks of one stream as [`StreamChunk::pass_through`] does,
+/// for less. The chunks of a stream begin with the same members (`id`,
+/// `object`, `created`, `model`, often `system_fingerprint`) byte for
+/// byte; once one chunk's were read, a chunk whose bytes up to its
+/// `choices` key are the same is read from that key on (the bench's chunks
+/// are about half leading members). JSON is read left to right, so equal
+/// leading bytes parse to equal members and leave the parse at the same
+/// point: just before a key.
+#[derive(Default)]
+pub struct UsualChunks {
+    leading: Option<Leading>,
+    /// `{` and the rest of the chunk being read, reused chunk after chunk.
+    scratch: String,
+}
+
+/// The leading members of the last chunk read in full, up to (not
+/// including) its `"choices":` key, and where its `model` sits.
+struct Leading {
+    bytes: ByteString,
+    model: Span,
+}
+
+/// The top-level `choices` key as the leading members end at it.
+static CHOICES_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"choices\":"));
+
+impl UsualChunks {
+    /// [`StreamChunk::pass_through`] of the stream's next event data.
+    pub fn read(&mut self, data: ByteString) -> Result<StreamChunk, ByteString> {
+        if let Some(facts) = self.read_after_leading(&data) {
+            return Ok(StreamChunk::unparsed(data, facts));
+        }
+        match RawChunk::read(&data) {
+            Some(facts) => {
+                self.leading = leading_members(&data, facts.model);
+                Ok(StreamChunk::unparsed(data, facts))
+            }
+            None => Err(data),
+        }
+    }
+
+    fn read_after_leading(&mut self, data: &ByteString) -> Option<Facts> {
+        let leading = self.leading.as_ref()?;
+        let at = leading.bytes.len();
+        let (head, rest) = (data.get(..at)?, data.get(at..)?);
+        if head != &*leading.bytes || !rest.starts_with("\"choices\":") {
+            return None;
+        }
+        self.scratch.clear();
+        self.scratch.push('{');
+        self.scratch.push_str(rest);
+        let usual: UsualRest<'_> = serde_json::from_str(&self.scratch).ok()?;
+        // The scratch's byte 1 is the chunk's byte `at`.
+        let shift = at.checked_sub(1)?;
+        facts(
+            &self.scratch,
+            shift,
+            leading.model,
+            &usual.choices,
+            usual.usage,
+        )
+    }
+}
+
+/// The leading members of `data` when they can stand for the next
+/// chunk's: they end at the first `"choices":` (not one closing an escaped
+/// quote), hold the `model`, and name no `usage`, `error` or other
+/// spelling of `choices`, which the rest is read for.
+fn leading_members(data: &ByteString, model: Span) -> Option<Leading> {
+    let at = CHOICES_KEY.find(data.as_bytes())?;
+    if at == 0 || data.as_bytes().get(at - 1) == Some(&b'\\') || model.end as usize > at {
+        return None;
+    }
+    let head = data.get(..at)?;
+    if ["\"choices\"", "\"usage\"", "\"error\""]
+        .iter()
+        .any(|name| head.contains(name))
+    {
+        return None;
+    }
+    Some(Leading {
+        bytes: data.slice_ref(head),
+        model,
+    })
 }
 
 /// The full parse of data [`RawChunk::read`] accepted. It cannot fail on
@@ -282,15 +431,19 @@ impl StreamChunk {
     /// `data` comes back for a full parse.
     pub fn pass_through(data: ByteString) -> Result<Self, ByteString> {
         match RawChunk::read(&data) {
-            Some(facts) => Ok(Self {
-                owned: None,
-                raw: Some(RawChunk {
-                    data,
-                    facts,
-                    parsed: OnceCell::new(),
-                }),
-            }),
+            Some(facts) => Ok(Self::unparsed(data, facts)),
             None => Err(data),
+        }
+    }
+
+    fn unparsed(data: ByteString, facts: Facts) -> Self {
+        Self {
+            owned: None,
+            raw: Some(RawChunk {
+                data,
+                facts,
+                parsed: OnceCell::new(),
+            }),
         }
     }
 
@@ -544,6 +697,85 @@ mod tests {
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"},"logprobs":{"content":[]}}]}"#,
         ] {
             assert!(refused(data), "passed through: {data}");
+        }
+    }
+
+    /// The bench's stream: the same leading members on every chunk.
+    fn stream_of(lead: &str) -> Vec<String> {
+        [
+            r#"{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}"#,
+            r#"{"index":0,"delta":{"content":"Hello "},"finish_reason":null}"#,
+            r#"{"index":0,"delta":{"content":"from é "},"finish_reason":null}"#,
+            r#"{"index":0,"delta":{},"finish_reason":"stop"}"#,
+        ]
+        .iter()
+        .map(|choice| format!(r#"{lead}"choices":[{choice}]}}"#))
+        .chain([format!(
+            r#"{lead}"choices":[],"usage":{{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}}}"#
+        )])
+        .collect()
+    }
+
+    const LEAD: &str = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"up-1","system_fingerprint":"fp",""#;
+
+    #[test]
+    fn after_the_first_chunk_the_rest_of_each_is_read_and_answers_the_same() {
+        let lead = LEAD.trim_end_matches('"');
+        let mut usual = UsualChunks::default();
+        for (at, data) in stream_of(lead).iter().enumerate() {
+            let data = ByteString::from(data.clone());
+            let fast = usual.read_after_leading(&data).is_some();
+            assert_eq!(fast, at > 0, "chunk {at} read from its choices on: {data}");
+            let chunk = usual.read(data.clone()).unwrap();
+            let full = parsed(&data);
+            assert_eq!(chunk.has_content(), full.has_content());
+            assert_eq!(chunk.finish_reason(), full.finish_reason());
+            assert_eq!(chunk.text_ref(), full.text_ref());
+            assert_eq!(chunk.usage(), full.usage());
+            assert_eq!(chunk.has_no_choices(), full.has_no_choices());
+            assert_eq!(chunk.model(), "up-1");
+            assert!(chunk.is_unparsed());
+            assert_eq!(chunk, full);
+        }
+    }
+
+    #[test]
+    fn the_rest_is_read_alone_only_after_the_same_leading_members() {
+        let lead = LEAD.trim_end_matches('"');
+        let first = stream_of(lead).remove(1);
+        let fast = |next: &str| {
+            let mut usual = UsualChunks::default();
+            usual.read(first.clone().into()).unwrap();
+            usual.read_after_leading(&next.to_owned().into()).is_some()
+        };
+        let choice = r#""choices":[{"index":0,"delta":{"content":"x"}}]"#;
+        assert!(fast(&format!("{lead}{choice}}}")));
+        // Other leading bytes, a leading member again, a non-null error,
+        // a broken rest, two choices.
+        for next in [
+            format!(
+                r#"{{"id":"chatcmpl-2","object":"chat.completion.chunk","created":7,"model":"up-1","system_fingerprint":"fp",{choice}}}"#
+            ),
+            format!(r#"{lead}{choice},"model":"other"}}"#),
+            format!(r#"{lead}{choice},"error":{{"message":"no"}}}}"#),
+            format!(r#"{lead}{choice}"#),
+            format!(r#"{lead}"choices":[{{"delta":{{}}}},{{"delta":{{}}}}]}}"#),
+        ] {
+            assert!(!fast(&next), "read from its choices on: {next}");
+        }
+        // Leading members that cannot stand for the next chunk's: one
+        // naming `usage`, a `choices` key spelled with a space, a model
+        // after the choices, a key ending in an escaped quote.
+        for first in [
+            format!(r#"{{"usage":null,"model":"m",{choice}}}"#),
+            format!(r#"{{"model":"m","choices" :[],"x":{{{choice}}}}}"#),
+            format!(r#"{{"id":"a",{choice},"model":"m"}}"#),
+            format!(r#"{{"a\"choices":[],{choice}}}"#),
+        ] {
+            let data = ByteString::from(first.clone());
+            let facts = RawChunk::read(&data).unwrap_or_else(|| panic!("not usual: {first}"));
+            let leading = leading_members(&data, facts.model);
+            assert!(leading.is_none(), "kept as leading members: {first}");
         }
     }
 

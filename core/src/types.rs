@@ -798,7 +798,7 @@ pub type ChatStream = Pin<Box<dyn Stream<Item = ChunkItem> + Send>>;
 /// chunks copied 47 kB instead of 61 kB).
 pub type ChunkItem = Result<StreamChunk, ProviderError>;
 
-pub use crate::chunk::StreamChunk;
+pub use crate::chunk::{StreamChunk, UsualChunks};
 
 /// One raw server-sent event, for native pass-through (Anthropic Messages).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use switchyard_core::{
     BoxedChatChunk, CallContext, Capabilities, ChatChunk, ChatRequest, ChatResponse, ChatStream,
     ChunkItem, CompletionRequest, CompletionResponse, EmbeddingsRequest, EmbeddingsResponse,
     ModelInfo, Provider, ProviderError, RawChatResponse, Secret, StreamChunk, StreamOptions,
-    TimeoutPhase,
+    TimeoutPhase, UsualChunks,
 };
 
 use crate::http::{Upstream, error_from_response, parse_json, transport_error, within};
@@ -155,6 +155,7 @@ pub(crate) async fn open_stream(
 /// a chunk moves no future on its way.
 struct ChunkReader {
     events: ResponseEvents,
+    usual: UsualChunks,
     provider: String,
     secret: Option<Secret>,
     chunks: u64,
@@ -179,7 +180,7 @@ impl ChunkReader {
         } else {
             // Almost every event is a chunk of the usual shape: it goes on
             // as its bytes, read only for what the stream needs.
-            let data = match StreamChunk::pass_through(data) {
+            let data = match self.usual.read(data) {
                 Ok(chunk) => {
                     self.count(&chunk);
                     return Some(Ok(chunk));
@@ -265,6 +266,7 @@ impl Stream for ChunkReader {
 fn chunk_reader(response: crate::client::UpstreamResponse, http: &Upstream) -> ChunkReader {
     ChunkReader {
         events: response_events(response),
+        usual: UsualChunks::default(),
         provider: http.provider_id().to_owned(),
         secret: http.secret().cloned(),
         chunks: 0,
