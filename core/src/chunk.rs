@@ -322,18 +322,71 @@ impl<'de> Deserialize<'de> for Repeated {
 }
 
 /// Reads the chunks of one stream as [`StreamChunk::pass_through`] does,
-/// for less. The chunks of a stream begin with the same members (`id`,
-/// `object`, `created`, `model`, often `system_fingerprint`) byte for
-/// byte; once one chunk's were read, a chunk whose bytes up to its
-/// `choices` key are the same is read from that key on (the bench's chunks
-/// are about half leading members). JSON is read left to right, so equal
-/// leading bytes parse to equal members and leave the parse at the same
-/// point: just before a key.
+/// for less, from what the stream's earlier chunks were:
+/// - Most chunks of a stream are the same bytes around a different text:
+///   a chunk that is the last text chunk's bytes with only the text
+///   changed (to one without quotes, escapes or control characters) is
+///   valid JSON of the same members, and is not parsed at all.
+/// - The chunks of a stream begin with the same members (`id`, `object`,
+///   `created`, `model`, often `system_fingerprint`) byte for byte; once
+///   one chunk's were read, a chunk whose bytes up to its `choices` key
+///   are the same is read from that key on. JSON is read left to right,
+///   so equal leading bytes parse to equal members and leave the parse at
+///   the same point: just before a key.
 #[derive(Default)]
 pub struct UsualChunks {
+    text_chunk: Option<TextChunk>,
     leading: Option<Leading>,
     /// `{` and the rest of the chunk being read, reused chunk after chunk.
     scratch: String,
+}
+
+/// The last chunk read that carried text and nothing else the stream
+/// layers look at (no `finish_reason`, no `usage` object, its `model`
+/// before the text).
+struct TextChunk {
+    data: ByteString,
+    facts: Facts,
+    text: Span,
+}
+
+impl TextChunk {
+    fn of(data: &ByteString, facts: &Facts) -> Option<Self> {
+        let text = facts.content?;
+        let plain =
+            facts.finish_reason.is_none() && facts.usage.is_none() && facts.model.end <= text.start;
+        plain.then(|| Self {
+            data: data.clone(),
+            facts: facts.clone(),
+            text,
+        })
+    }
+
+    /// The facts of `data` if it is this chunk with only the text changed.
+    fn read(&self, data: &ByteString) -> Option<Facts> {
+        let template = self.data.as_bytes();
+        let before = template.get(..self.text.start as usize)?;
+        let after = template.get(self.text.end as usize..)?;
+        let bytes = data.as_bytes();
+        if bytes.len() < before.len() + after.len()
+            || !bytes.starts_with(before)
+            || !bytes.ends_with(after)
+        {
+            return None;
+        }
+        let end = bytes.len() - after.len();
+        let text = bytes.get(before.len()..end)?;
+        // What would end the string, start an escape or be invalid in it.
+        if text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+            return None;
+        }
+        let mut facts = self.facts.clone();
+        facts.content = Some(Span {
+            start: self.text.start,
+            end: u32::try_from(end).ok()?,
+        });
+        Some(facts)
+    }
 }
 
 /// The leading members of the last chunk read in full, up to (not
@@ -350,16 +403,23 @@ static CHOICES_KEY: LazyLock<memchr::memmem::Finder<'static>> =
 impl UsualChunks {
     /// [`StreamChunk::pass_through`] of the stream's next event data.
     pub fn read(&mut self, data: ByteString) -> Result<StreamChunk, ByteString> {
-        if let Some(facts) = self.read_after_leading(&data) {
+        if let Some(facts) = self.text_chunk.as_ref().and_then(|text| text.read(&data)) {
             return Ok(StreamChunk::unparsed(data, facts));
         }
-        match RawChunk::read(&data) {
-            Some(facts) => {
+        let facts = match self.read_after_leading(&data) {
+            Some(facts) => facts,
+            None => {
+                let Some(facts) = RawChunk::read(&data) else {
+                    return Err(data);
+                };
                 self.leading = leading_members(&data, facts.model);
-                Ok(StreamChunk::unparsed(data, facts))
+                facts
             }
-            None => Err(data),
+        };
+        if let Some(text_chunk) = TextChunk::of(&data, &facts) {
+            self.text_chunk = Some(text_chunk);
         }
+        Ok(StreamChunk::unparsed(data, facts))
     }
 
     fn read_after_leading(&mut self, data: &ByteString) -> Option<Facts> {
@@ -726,6 +786,16 @@ mod tests {
             let data = ByteString::from(data.clone());
             let fast = usual.read_after_leading(&data).is_some();
             assert_eq!(fast, at > 0, "chunk {at} read from its choices on: {data}");
+            let text_only = usual
+                .text_chunk
+                .as_ref()
+                .and_then(|t| t.read(&data))
+                .is_some();
+            assert_eq!(
+                text_only,
+                at == 2,
+                "chunk {at} read as a text change: {data}"
+            );
             let chunk = usual.read(data.clone()).unwrap();
             let full = parsed(&data);
             assert_eq!(chunk.has_content(), full.has_content());
@@ -776,6 +846,52 @@ mod tests {
             let facts = RawChunk::read(&data).unwrap_or_else(|| panic!("not usual: {first}"));
             let leading = leading_members(&data, facts.model);
             assert!(leading.is_none(), "kept as leading members: {first}");
+        }
+    }
+
+    #[test]
+    fn only_a_plain_text_in_the_same_bytes_is_taken_without_a_read() {
+        let lead = LEAD.trim_end_matches('"');
+        let text = |content: &str, finish: &str| {
+            format!(
+                r#"{lead}"choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":{finish}}}]}}"#
+            )
+        };
+        let mut usual = UsualChunks::default();
+        usual.read(text("Hello", "null").into()).unwrap();
+        let taken = |data: String| {
+            usual
+                .text_chunk
+                .as_ref()
+                .and_then(|t| t.read(&data.into()))
+                .map(|facts| facts.content.map(|span| (span.start, span.end)))
+        };
+        let start = text("", "null").find(r#""}"#).unwrap() as u32;
+        assert_eq!(taken(text("ça va", "null")), Some(Some((start, start + 6))));
+        assert_eq!(taken(text("", "null")), Some(Some((start, start))));
+        // A quote, an escape, a control character, another finish_reason
+        // (longer, and shorter than `null`), other leading bytes.
+        for other in [
+            text("ab", r#""x""#),
+            text(r#"a","x":"b"#, "null"),
+            text(r"a\nb", "null"),
+            text("a\u{1}b", "null"),
+            text("a", r#""stop""#),
+            text("a", "null").replace("chatcmpl-1", "chatcmpl-2"),
+        ] {
+            assert_eq!(taken(other.clone()), None, "taken: {other}");
+        }
+        // Chunks with text that cannot stand for the next: a finish_reason,
+        // a usage object or the model after the text, whose places would
+        // move with the text's length.
+        for data in [
+            text("a", r#""stop""#),
+            text("a", "null").replace("]}", r#"],"usage":{"total_tokens":1}}"#),
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"model":"m"}"#.to_owned(),
+        ] {
+            let mut usual = UsualChunks::default();
+            usual.read(data.clone().into()).unwrap();
+            assert!(usual.text_chunk.is_none(), "kept as a text chunk: {data}");
         }
     }
 
