@@ -343,7 +343,8 @@ pub struct UsualChunks {
 
 /// The last chunk read that carried text and nothing else the stream
 /// layers look at (no `finish_reason`, no `usage` object, its `model`
-/// before the text).
+/// before the text). Its bytes are copied: a chunk's data is a slice of
+/// an upstream read, which it would keep alive for the whole stream.
 struct TextChunk {
     data: ByteString,
     facts: Facts,
@@ -356,7 +357,7 @@ impl TextChunk {
         let plain =
             facts.finish_reason.is_none() && facts.usage.is_none() && facts.model.end <= text.start;
         plain.then(|| Self {
-            data: data.clone(),
+            data: ByteString::from(String::from(&**data)),
             facts: facts.clone(),
             text,
         })
@@ -390,7 +391,8 @@ impl TextChunk {
 }
 
 /// The leading members of the last chunk read in full, up to (not
-/// including) its `"choices":` key, and where its `model` sits.
+/// including) its `"choices":` key, and where its `model` sits (copied,
+/// as a [`TextChunk`] is).
 struct Leading {
     bytes: ByteString,
     model: Span,
@@ -430,6 +432,7 @@ impl UsualChunks {
             return None;
         }
         self.scratch.clear();
+        self.scratch.reserve(rest.len() + 1);
         self.scratch.push('{');
         self.scratch.push_str(rest);
         let usual: UsualRest<'_> = serde_json::from_str(&self.scratch).ok()?;
@@ -462,7 +465,7 @@ fn leading_members(data: &ByteString, model: Span) -> Option<Leading> {
         return None;
     }
     Some(Leading {
-        bytes: data.slice_ref(head),
+        bytes: ByteString::from(head.to_owned()),
         model,
     })
 }
