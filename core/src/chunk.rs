@@ -454,7 +454,8 @@ impl UsualChunks {
 /// spelling of `choices`, which the rest is read for.
 fn leading_members(data: &ByteString, model: Span) -> Option<Leading> {
     let at = CHOICES_KEY.find(data.as_bytes())?;
-    if at == 0 || data.as_bytes().get(at - 1) == Some(&b'\\') || model.end as usize > at {
+    let before_key = *data.as_bytes().get(at.checked_sub(1)?)?;
+    if before_key == b'\\' || model.end as usize > at {
         return None;
     }
     let head = data.get(..at)?;
@@ -823,9 +824,11 @@ mod tests {
         };
         let choice = r#""choices":[{"index":0,"delta":{"content":"x"}}]"#;
         assert!(fast(&format!("{lead}{choice}}}")));
-        // Other leading bytes, a leading member again, a non-null error,
-        // a broken rest, two choices.
+        // Other leading bytes, a member the first chunk did not have
+        // before `choices`, a leading member again, a non-null error, a
+        // broken rest, two choices.
         for next in [
+            format!(r#"{lead}"x":1,{choice}}}"#),
             format!(
                 r#"{{"id":"chatcmpl-2","object":"chat.completion.chunk","created":7,"model":"up-1","system_fingerprint":"fp",{choice}}}"#
             ),
