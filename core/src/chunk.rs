@@ -9,6 +9,8 @@
 //! a borrowing parse that copies nothing, and parsed in full only when
 //! someone looks at its fields (through `Deref`), which the paths taken by
 //! an ordinary stream never do. Any other chunk is parsed in full at once.
+//! An adapter reads a stream's chunks through [`UsualChunks`], which does
+//! not read again what repeats from chunk to chunk.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -203,7 +205,7 @@ impl<'de> Deserialize<'de> for UsageMember {
 }
 
 /// A member that is absent or `null`; any other value fails the parse.
-#[derive(Default, PartialEq, Eq)]
+#[derive(Default)]
 enum NullOnly {
     #[default]
     Absent,

@@ -223,6 +223,7 @@ impl ResumingStream {
     fn forward(&mut self, mut chunk: StreamChunk) -> Option<ChunkItem> {
         if chunk.has_no_choices() {
             if let Some(carried) = self.carried_usage.as_ref() {
+                // Asked first: a chunk is parsed only to change its usage.
                 if chunk.usage().is_some() {
                     if let Some(usage) = chunk.usage.as_mut() {
                         usage.accumulate(carried);
