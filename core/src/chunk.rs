@@ -98,10 +98,10 @@ impl Span {
 /// [`ChatChunk`] parses typed as it types them (so that the full parse,
 /// when it comes, succeeds), one choice at index 0 whose delta has only a
 /// role and plain text (or no choice, as in the final usage chunk), and no
-/// `error`. Strings are
-/// borrowed, so an escaped one fails this parse and the chunk is parsed in
-/// full instead; members of other names are checked as JSON and skipped
-/// (a [`ChatChunk`] keeps them in `extra`, whatever their type).
+/// `error`. Strings are borrowed, so an escaped one fails this parse and
+/// the chunk is parsed in full instead; members of other names are checked
+/// as JSON and skipped (a [`ChatChunk`] keeps them in `extra`, whatever
+/// their type).
 #[derive(Deserialize)]
 struct UsualChunk<'a> {
     #[serde(default, borrow)]
@@ -349,8 +349,8 @@ pub struct UsualChunks {
 /// an upstream read, which it would keep alive for the whole stream.
 struct TextChunk {
     data: ByteString,
+    /// Its facts; `content` is where the text sits.
     facts: Facts,
-    text: Span,
 }
 
 impl TextChunk {
@@ -361,15 +361,15 @@ impl TextChunk {
         plain.then(|| Self {
             data: ByteString::from(String::from(&**data)),
             facts: facts.clone(),
-            text,
         })
     }
 
     /// The facts of `data` if it is this chunk with only the text changed.
     fn read(&self, data: &ByteString) -> Option<Facts> {
+        let text = self.facts.content?;
         let template = self.data.as_bytes();
-        let before = template.get(..self.text.start as usize)?;
-        let after = template.get(self.text.end as usize..)?;
+        let before = template.get(..text.start as usize)?;
+        let after = template.get(text.end as usize..)?;
         let bytes = data.as_bytes();
         if bytes.len() < before.len() + after.len()
             || !bytes.starts_with(before)
@@ -378,14 +378,17 @@ impl TextChunk {
             return None;
         }
         let end = bytes.len() - after.len();
-        let text = bytes.get(before.len()..end)?;
+        let new_text = bytes.get(before.len()..end)?;
         // What would end the string, start an escape or be invalid in it.
-        if text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+        if new_text
+            .iter()
+            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        {
             return None;
         }
         let mut facts = self.facts.clone();
         facts.content = Some(Span {
-            start: self.text.start,
+            start: text.start,
             end: u32::try_from(end).ok()?,
         });
         Some(facts)
