@@ -11,6 +11,10 @@
 //! - `chunk/next_text`, `chunk/next_rest`: a later chunk of the same
 //!   stream read by [`UsualChunks`]: one with another text (not parsed),
 //!   one with a `finish_reason` (read from its `choices` on);
+//! - `chunk/next_text_padded`: the same as `chunk/next_text` with the
+//!   random `obfuscation` padding OpenAI adds to every chunk (a second
+//!   place where a chunk differs from the one before), two such chunks
+//!   read in turns;
 //! - `request/chat`: a small chat request into a [`ChatRequest`];
 //! - `request/model_span`: finding `model` in the same request's bytes;
 //! - `response/raw`: a chat completion read for its model and usage
@@ -32,6 +36,15 @@ const CONTENT_CHUNK: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","o
 const USAGE_CHUNK: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_06737a9306","choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#;
 
 const NEXT_TEXT_CHUNK: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{"content":" and all"},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+
+const PADDED_CHUNK: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"qE3kT"}"#;
+
+/// Two later chunks, each with its own padding: read in turns, neither is
+/// the chunk read just before.
+const NEXT_PADDED_CHUNKS: [&str; 2] = [
+    r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{"content":" and all"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"Zp"}"#,
+    r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{"content":" who"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"u8Wq1x"}"#,
+];
 
 const FINISH_CHUNK: &str = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_06737a9306","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#;
 
@@ -67,6 +80,17 @@ fn wire(c: &mut Criterion) {
         b.iter(|| {
             usual
                 .read(ByteString::from_static(black_box(FINISH_CHUNK)))
+                .unwrap()
+        })
+    });
+    let mut padded = UsualChunks::default();
+    padded.read(ByteString::from_static(PADDED_CHUNK)).unwrap();
+    let mut turn = 0;
+    c.bench_function("chunk/next_text_padded", |b| {
+        b.iter(|| {
+            turn ^= 1;
+            padded
+                .read(ByteString::from_static(black_box(NEXT_PADDED_CHUNKS[turn])))
                 .unwrap()
         })
     });

@@ -328,7 +328,10 @@ impl<'de> Deserialize<'de> for Repeated {
 /// - Most chunks of a stream are the same bytes around a different text:
 ///   a chunk that is the last text chunk's bytes with only the text
 ///   changed (to one without quotes, escapes or control characters) is
-///   valid JSON of the same members, and is not parsed at all.
+///   valid JSON of the same members, and is not parsed at all. When that
+///   chunk ends with a string member after its text (OpenAI's random
+///   `obfuscation` padding, different on every chunk), that value may
+///   change too, under the same rule.
 /// - The chunks of a stream begin with the same members (`id`, `object`,
 ///   `created`, `model`, often `system_fingerprint`) byte for byte; once
 ///   one chunk's were read, a chunk whose bytes up to its `choices` key
@@ -351,6 +354,11 @@ struct TextChunk {
     data: ByteString,
     /// Its facts; `content` is where the text sits.
     facts: Facts,
+    /// Where the chunk's last member's string value sits when that value
+    /// ends the chunk after the text (`…,"obfuscation":"K2p"}`): a second
+    /// place a later chunk may differ. OpenAI pads every chunk of a
+    /// stream with a random `obfuscation` string of its own.
+    last_value: Option<Span>,
 }
 
 impl TextChunk {
@@ -361,29 +369,42 @@ impl TextChunk {
         plain.then(|| Self {
             data: ByteString::from(String::from(&**data)),
             facts: facts.clone(),
+            last_value: last_string_value(data.as_bytes(), text.end),
         })
     }
 
-    /// The facts of `data` if it is this chunk with only the text changed.
+    /// The facts of `data` if it is this chunk with only the text (and
+    /// the last value, if it has one) changed.
     fn read(&self, data: &ByteString) -> Option<Facts> {
         let text = self.facts.content?;
         let template = self.data.as_bytes();
         let before = template.get(..text.start as usize)?;
-        let after = template.get(text.end as usize..)?;
         let bytes = data.as_bytes();
-        if bytes.len() < before.len() + after.len()
-            || !bytes.starts_with(before)
-            || !bytes.ends_with(after)
-        {
+        if !bytes.starts_with(before) {
             return None;
         }
-        let end = bytes.len() - after.len();
-        let new_text = bytes.get(before.len()..end)?;
-        // What would end the string, start an escape or be invalid in it.
-        if new_text
-            .iter()
-            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        {
+        let end = match self.last_value {
+            None => {
+                let after = template.get(text.end as usize..)?;
+                if bytes.len() < before.len() + after.len() || !bytes.ends_with(after) {
+                    return None;
+                }
+                bytes.len() - after.len()
+            }
+            Some(value) => {
+                // A plain text ends at its first quote; the template's
+                // bytes follow up to the value, then a plain value ends
+                // the chunk.
+                let end = before.len() + memchr::memchr(b'"', bytes.get(before.len()..)?)?;
+                let middle = template.get(text.end as usize..value.start as usize)?;
+                let tail = bytes.get(end..)?.strip_prefix(middle)?;
+                if !is_plain_string(tail.strip_suffix(b"\"}")?) {
+                    return None;
+                }
+                end
+            }
+        };
+        if !is_plain_string(bytes.get(before.len()..end)?) {
             return None;
         }
         let mut facts = self.facts.clone();
@@ -393,6 +414,33 @@ impl TextChunk {
         });
         Some(facts)
     }
+}
+
+/// Whether `bytes` stand as a JSON string's content with nothing to
+/// unescape: no quote (which would end it), backslash (an escape) or
+/// control character (invalid in it).
+fn is_plain_string(bytes: &[u8]) -> bool {
+    !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// Where the value of the last member of the JSON object `data` sits, when
+/// it is a plain string (see [`is_plain_string`]) that ends the object
+/// (`…,"key":"value"}`, no space around the colon) after byte `after`.
+/// The closing brace is the object's own, so the value is a member of it,
+/// not of anything nested.
+fn last_string_value(data: &[u8], after: u32) -> Option<Span> {
+    let inner = data.strip_suffix(b"\"}")?;
+    let open = memchr::memrchr(b'"', inner)?;
+    if open <= after as usize || inner.get(open.checked_sub(1)?) != Some(&b':') {
+        return None;
+    }
+    if !is_plain_string(inner.get(open + 1..)?) {
+        return None;
+    }
+    Some(Span {
+        start: u32::try_from(open + 1).ok()?,
+        end: u32::try_from(inner.len()).ok()?,
+    })
 }
 
 /// The leading members of the last chunk read in full, up to (not
@@ -903,6 +951,69 @@ mod tests {
             let mut usual = UsualChunks::default();
             usual.read(data.clone().into()).unwrap();
             assert!(usual.text_chunk.is_none(), "kept as a text chunk: {data}");
+        }
+    }
+
+    #[test]
+    fn a_last_string_value_is_a_second_place_a_text_chunk_may_differ() {
+        let lead = LEAD.trim_end_matches('"');
+        let chunk = |content: &str, pad: &str| {
+            format!(
+                r#"{lead}"choices":[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}],"usage":null,"obfuscation":"{pad}"}}"#
+            )
+        };
+        let mut usual = UsualChunks::default();
+        usual.read(chunk("Hello", "K2").into()).unwrap();
+        let taken = |usual: &UsualChunks, data: &str| {
+            usual
+                .text_chunk
+                .as_ref()
+                .and_then(|t| t.read(&data.to_owned().into()))
+                .and_then(|facts| facts.content)
+                .map(|span| (span.start, span.end))
+        };
+        let start = chunk("", "").find(r#""}"#).unwrap() as u32;
+        for (content, pad) in [
+            ("ça va", "p9xQm"),
+            ("", ""),
+            ("a", "K2"),
+            ("a longer text", "z"),
+        ] {
+            let data = chunk(content, pad);
+            let end = start + content.len() as u32;
+            assert_eq!(taken(&usual, &data), Some((start, end)), "{data}");
+            let read = usual.read(data.clone().into()).unwrap();
+            assert!(read.is_unparsed());
+            assert_eq!(read.text_ref(), content);
+            assert_eq!(read, parsed(&data));
+        }
+        // A pad or a text with a quote, an escape or a control character;
+        // another last key; no last member; another usage; other leading
+        // bytes; a space before the closing brace.
+        for other in [
+            chunk("a", r#"b","x":"c"#),
+            chunk("a", r"b\nc"),
+            chunk("a", "b\u{1}c"),
+            chunk(r#"a","x":"b"#, "K2"),
+            chunk("a", "K2").replace("obfuscation", "padding"),
+            chunk("a", "K2").replace(r#","obfuscation":"K2""#, ""),
+            chunk("a", "K2").replace(r#""usage":null"#, r#""usage":{"total_tokens":1}"#),
+            chunk("a", "K2").replace("chatcmpl-1", "chatcmpl-2"),
+            chunk("a", "K2").replace(r#""K2"}"#, r#""K2" }"#),
+        ] {
+            assert_eq!(taken(&usual, &other), None, "taken: {other}");
+        }
+        // No second place where the chunk does not end in a plain string
+        // value: a space around the colon, an escape in it, no string.
+        for data in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a"}}],"obfuscation" : "x"}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a"}}],"obfuscation":"x\"y"}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}"#,
+        ] {
+            let mut usual = UsualChunks::default();
+            usual.read(data.to_owned().into()).unwrap();
+            let template = usual.text_chunk.as_ref().expect("a text chunk");
+            assert!(template.last_value.is_none(), "{data}");
         }
     }
 
