@@ -945,9 +945,9 @@ impl AnthropicToChunks {
         let str_at = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
         match event {
             "message_start" => {
-                let message = data.get("message").cloned().unwrap_or(Value::Null);
-                self.id = str_at(&message, "id").unwrap_or_default();
-                self.model = str_at(&message, "model").unwrap_or_default();
+                let message = data.get("message").unwrap_or(&Value::Null);
+                self.id = str_at(message, "id").unwrap_or_default();
+                self.model = str_at(message, "model").unwrap_or_default();
                 self.usage = AnthropicUsage::from_value(message.get("usage"));
                 vec![self.chunk(
                     ChunkDelta {
@@ -960,7 +960,7 @@ impl AnthropicToChunks {
             }
             "content_block_start" => {
                 let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let block = data.get("content_block").cloned().unwrap_or(Value::Null);
+                let block = data.get("content_block").unwrap_or(&Value::Null);
                 match block.get("type").and_then(Value::as_str) {
                     Some("tool_use") => {
                         let number = self.next_tool;
@@ -973,15 +973,15 @@ impl AnthropicToChunks {
                             .unwrap_or_default();
                         vec![self.tool_delta(ToolCallDelta {
                             index: number,
-                            id: str_at(&block, "id"),
+                            id: str_at(block, "id"),
                             kind: Some("function".to_owned()),
                             function: Some(FunctionCallDelta {
-                                name: str_at(&block, "name"),
+                                name: str_at(block, "name"),
                                 arguments: Some(input),
                             }),
                         })]
                     }
-                    Some("text") => match str_at(&block, "text").filter(|t| !t.is_empty()) {
+                    Some("text") => match str_at(block, "text").filter(|t| !t.is_empty()) {
                         Some(text) => vec![self.text(&text)],
                         None => Vec::new(),
                     },
@@ -990,10 +990,10 @@ impl AnthropicToChunks {
             }
             "content_block_delta" => {
                 let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let delta = data.get("delta").cloned().unwrap_or(Value::Null);
+                let delta = data.get("delta").unwrap_or(&Value::Null);
                 match delta.get("type").and_then(Value::as_str) {
                     Some("text_delta") => {
-                        vec![self.text(&str_at(&delta, "text").unwrap_or_default())]
+                        vec![self.text(&str_at(delta, "text").unwrap_or_default())]
                     }
                     Some("input_json_delta") => match self.tools.get(&index) {
                         Some(&number) => vec![self.tool_delta(ToolCallDelta {
@@ -1002,7 +1002,7 @@ impl AnthropicToChunks {
                             kind: None,
                             function: Some(FunctionCallDelta {
                                 name: None,
-                                arguments: str_at(&delta, "partial_json"),
+                                arguments: str_at(delta, "partial_json"),
                             }),
                         })],
                         None => Vec::new(),
@@ -1011,7 +1011,7 @@ impl AnthropicToChunks {
                         let mut out = ChunkDelta::default();
                         out.extra.insert(
                             "reasoning_content".into(),
-                            Value::String(str_at(&delta, "thinking").unwrap_or_default()),
+                            Value::String(str_at(delta, "thinking").unwrap_or_default()),
                         );
                         vec![self.chunk(out, None)]
                     }
