@@ -23,6 +23,7 @@
 //! routes requests using them only to Anthropic deployments
 //! ([`uses_anthropic_only_features`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
@@ -1043,6 +1044,41 @@ impl AnthropicToChunks {
     }
 }
 
+/// A `content_block_delta` event as far as a text delta needs it.
+#[derive(serde::Deserialize)]
+struct TextDeltaEvent<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    delta: TextDelta<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+}
+
+/// The text of `event` when it is a text delta (`content_block_delta`,
+/// by its SSE name or, without one, by its `type`, with a `text_delta`
+/// carrying a string `text`), read without a `Value`. `None` leaves the
+/// event to [`AnthropicToChunks::on_event`], which gives the same chunk
+/// for every event this reads.
+fn text_delta(event: &SseEvent) -> Option<Cow<'_, str>> {
+    if event
+        .event
+        .as_deref()
+        .is_some_and(|name| name != "content_block_delta")
+    {
+        return None;
+    }
+    let read = serde_json::from_str::<TextDeltaEvent<'_>>(&event.data).ok()?;
+    let named = event.event.is_some() || read.kind.as_deref() == Some("content_block_delta");
+    (named && read.delta.kind == "text_delta").then_some(read.delta.text)
+}
+
 /// Anthropic events in, OpenAI chunks out, polled directly so a chunk
 /// moves no future on its way.
 struct AnthropicChunkReader {
@@ -1075,6 +1111,13 @@ impl AnthropicChunkReader {
     /// Translates one event into `pending`; an item when the stream ends
     /// with it (an error event, or a `message_stop` before completion).
     fn read(&mut self, event: SseEvent) -> Option<ChunkItem> {
+        // Most events of a reply are text deltas: read into borrowed
+        // fields, not a `Value` of maps and strings.
+        if let Some(text) = text_delta(&event) {
+            let chunk = self.translator.text(&text);
+            self.pending.push_back(chunk);
+            return None;
+        }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             count_malformed(&self.provider);
             return None;
@@ -1740,6 +1783,61 @@ mod tests {
 
     fn facts(data: &str) -> Option<(Option<String>, bool)> {
         EventFacts::read(data).map(|f| (f.kind.map(|k| k.into_owned()), f.stops))
+    }
+
+    #[test]
+    fn text_deltas_read_without_a_value_give_the_translators_chunk() {
+        let event = |name: Option<&str>, data: &str| SseEvent {
+            event: name.map(str::to_owned),
+            data: data.to_owned().into(),
+        };
+        let text = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \"there\"\n"}}"#;
+        let untyped = r#"{"index":0,"delta":{"type":"text_delta","text":"x"}}"#;
+        for (event, read) in [
+            (event(Some("content_block_delta"), text), true),
+            (event(None, text), true),
+            // Named by its SSE event; without a name or a type, no delta.
+            (event(Some("content_block_delta"), untyped), true),
+            (event(None, untyped), false),
+            // Another SSE name wins over the type.
+            (event(Some("message_delta"), text), false),
+            // A thinking delta, a text that is not a string, no text.
+            (
+                event(
+                    None,
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+                ),
+                false,
+            ),
+            (
+                event(
+                    None,
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":7}}"#,
+                ),
+                false,
+            ),
+            (
+                event(
+                    None,
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta"}}"#,
+                ),
+                false,
+            ),
+        ] {
+            let fast = text_delta(&event);
+            assert_eq!(fast.is_some(), read, "{event:?}");
+            if let Some(fast) = fast {
+                let value: Value = serde_json::from_str(&event.data).unwrap();
+                let name = event
+                    .event
+                    .clone()
+                    .or_else(|| value.get("type").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_default();
+                let mut translator = AnthropicToChunks::new();
+                let general = translator.on_event(&name, &value);
+                assert_eq!(general, vec![translator.text(&fast)], "{event:?}");
+            }
+        }
     }
 
     #[test]
