@@ -36,10 +36,11 @@ use serde_json::{Map, Value, json};
 use switchyard_core::config::HealthCheckMode;
 use switchyard_core::stream::TimedStream;
 use switchyard_core::{
-    CallContext, Capabilities, ChatChoice, ChatChunk, ChatMessage, ChatRequest, ChatResponse,
-    ChatStream, ChunkChoice, ChunkDelta, ChunkItem, ContentPart, FunctionCall, FunctionCallDelta,
-    FunctionDefinition, MessageContent, ModelConfig, ModelInfo, Provider, ProviderError, RawEvent,
-    RawEventStream, Secret, TimeoutPhase, Tool, ToolCall, ToolCallDelta, UpstreamError,
+    ByteString, CallContext, Capabilities, ChatChoice, ChatChunk, ChatMessage, ChatRequest,
+    ChatResponse, ChatStream, ChunkChoice, ChunkDelta, ChunkItem, ContentPart, FunctionCall,
+    FunctionCallDelta, FunctionDefinition, MessageContent, ModelConfig, ModelInfo, Provider,
+    ProviderError, RawEvent, RawEventStream, Secret, StreamChunk, TimeoutPhase, Tool, ToolCall,
+    ToolCallDelta, UpstreamError, UsualChunks,
 };
 
 use crate::http::{Upstream, parse_json};
@@ -1079,12 +1080,67 @@ fn text_delta(event: &SseEvent) -> Option<Cow<'_, str>> {
     (named && read.delta.kind == "text_delta").then_some(read.delta.text)
 }
 
+/// A stream's text chunks made as their bytes: the stream's first text
+/// chunk serialised once with an empty text, then each text (as a JSON
+/// string) put between the bytes around it. Read by [`UsualChunks`] for
+/// what the stream layers ask, such a chunk is written out as these
+/// bytes, not built as a [`ChatChunk`] and serialised, which cost more
+/// than the rest of an event's way through the gateway.
+#[derive(Default)]
+struct TextChunks {
+    /// The serialised text chunk before and after its text's quotes.
+    frame: Option<(String, String)>,
+    usual: UsualChunks,
+}
+
+impl TextChunks {
+    /// The chunk `translator` makes for `text`, as its bytes when they
+    /// can be made.
+    fn chunk(&mut self, translator: &AnthropicToChunks, text: &str) -> StreamChunk {
+        if self.frame.is_none() {
+            self.frame = Self::frame(translator);
+        }
+        if let Some((before, after)) = &self.frame {
+            if let Ok(quoted) = serde_json::to_string(text) {
+                let mut data = String::with_capacity(before.len() + quoted.len() + after.len());
+                data.push_str(before);
+                data.push_str(&quoted);
+                data.push_str(after);
+                if let Ok(chunk) = self.usual.read(ByteString::from(data)) {
+                    return chunk;
+                }
+            }
+        }
+        translator.text(text).into()
+    }
+
+    /// The bytes around the text of `translator`'s text chunk. In JSON a
+    /// quote inside a string is escaped, so the first `"content":""` is
+    /// the member itself.
+    fn frame(translator: &AnthropicToChunks) -> Option<(String, String)> {
+        const EMPTY: &str = r#""content":"""#;
+        let json = serde_json::to_string(&translator.text("")).ok()?;
+        let text_at = memchr::memmem::find(json.as_bytes(), EMPTY.as_bytes())? + EMPTY.len() - 2;
+        Some((
+            json.get(..text_at)?.to_owned(),
+            json.get(text_at + 2..)?.to_owned(),
+        ))
+    }
+
+    /// The stream's id or model changed (`message_start`): the frame is
+    /// made again for the next text.
+    fn restart(&mut self) {
+        self.frame = None;
+    }
+}
+
 /// Anthropic events in, OpenAI chunks out, polled directly so a chunk
 /// moves no future on its way.
 struct AnthropicChunkReader {
     events: ResponseEvents,
     translator: AnthropicToChunks,
-    pending: VecDeque<ChatChunk>,
+    texts: TextChunks,
+    pending: VecDeque<StreamChunk>,
     provider: String,
     secret: Option<Secret>,
     chunks: u64,
@@ -1114,7 +1170,7 @@ impl AnthropicChunkReader {
         // Most events of a reply are text deltas: read into borrowed
         // fields, not a `Value` of maps and strings.
         if let Some(text) = text_delta(&event) {
-            let chunk = self.translator.text(&text);
+            let chunk = self.texts.chunk(&self.translator, &text);
             self.pending.push_back(chunk);
             return None;
         }
@@ -1138,7 +1194,15 @@ impl AnthropicChunkReader {
             // The end of input that follows is the end of the stream.
             self.events.end_after_drain(DRAIN_LIMIT);
         }
-        self.pending.extend(self.translator.on_event(&name, &data));
+        if name == "message_start" {
+            self.texts.restart();
+        }
+        self.pending.extend(
+            self.translator
+                .on_event(&name, &data)
+                .into_iter()
+                .map(StreamChunk::from),
+        );
         None
     }
 }
@@ -1151,7 +1215,7 @@ impl Stream for AnthropicChunkReader {
         loop {
             if let Some(chunk) = this.pending.pop_front() {
                 this.chunks += 1;
-                return Poll::Ready(Some(Ok(chunk.into())));
+                return Poll::Ready(Some(Ok(chunk)));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -1675,6 +1739,7 @@ impl Provider for AnthropicProvider {
         let stream: ChatStream = Box::pin(AnthropicChunkReader {
             events: response_events(response),
             translator: AnthropicToChunks::new(),
+            texts: TextChunks::default(),
             pending: VecDeque::new(),
             provider: self.http.provider_id().to_owned(),
             secret: self.http.secret().cloned(),
@@ -1783,6 +1848,45 @@ mod tests {
 
     fn facts(data: &str) -> Option<(Option<String>, bool)> {
         EventFacts::read(data).map(|f| (f.kind.map(|k| k.into_owned()), f.stops))
+    }
+
+    #[test]
+    fn text_chunks_are_the_bytes_the_translators_chunks_serialise_to() {
+        let start = |id: &str, model: &str| json!({"type": "message_start", "message": {"id": id, "model": model, "usage": {"input_tokens": 3, "output_tokens": 1}}});
+        let mut translator = AnthropicToChunks::new();
+        let mut texts = TextChunks::default();
+        // A new message starts a new frame; an id with an escape is not
+        // of the usual shape, so its chunks are built and serialised.
+        for (id, model, usual_id) in [
+            ("msg_1", "claude-x", true),
+            ("msg_\"2\"", "claude-y", false),
+            ("msg_3", "claude-z", true),
+        ] {
+            translator.on_event("message_start", &start(id, model));
+            texts.restart();
+            for (text, plain) in [
+                ("Hello", true),
+                ("", true),
+                ("é ✓ more", true),
+                // Escaped text is not of the usual shape: built and
+                // serialised as before.
+                ("say \"hi\"\n", false),
+            ] {
+                let chunk = texts.chunk(&translator, text);
+                let expected = translator.text(text);
+                let serialised = serde_json::to_vec(&expected).unwrap();
+                let as_bytes = usual_id && plain;
+                assert_eq!(chunk.is_unparsed(), as_bytes, "{id} {text:?}");
+                if as_bytes {
+                    assert_eq!(chunk.source(), Some(serialised.as_slice()), "{text:?}");
+                    assert_eq!(chunk.text_ref(), text);
+                    assert_eq!(chunk.has_content(), !text.is_empty());
+                    assert_eq!(chunk.model(), model);
+                    assert_eq!(chunk.finish_reason(), None);
+                }
+                assert_eq!(chunk, StreamChunk::from(expected), "{text:?}");
+            }
+        }
     }
 
     #[test]
