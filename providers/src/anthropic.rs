@@ -1081,8 +1081,8 @@ fn text_delta(event: &SseEvent) -> Option<Cow<'_, str>> {
 }
 
 /// A stream's text chunks made as their bytes: the stream's first text
-/// chunk serialised once with an empty text, then each text (as a JSON
-/// string) put between the bytes around it. Read by [`UsualChunks`] for
+/// chunk serialised once with an empty text, then each text put between
+/// the quotes. Read by [`UsualChunks`] for
 /// what the stream layers ask, such a chunk is written out as these
 /// bytes, not built as a [`ChatChunk`] and serialised, which cost more
 /// than the rest of an event's way through the gateway.
@@ -1097,18 +1097,23 @@ impl TextChunks {
     /// The chunk `translator` makes for `text`, as its bytes when they
     /// can be made.
     fn chunk(&mut self, translator: &AnthropicToChunks, text: &str) -> StreamChunk {
-        if self.frame.is_none() {
+        // A text with a quote, a backslash or a control character is
+        // escaped in JSON, which the usual shape does not take: such a
+        // chunk is built and serialised, with no attempt first. Any other
+        // text is its JSON string's content as it is.
+        let plain = !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        if plain && self.frame.is_none() {
             self.frame = Self::frame(translator);
         }
-        if let Some((before, after)) = &self.frame {
-            if let Ok(quoted) = serde_json::to_string(text) {
-                let mut data = String::with_capacity(before.len() + quoted.len() + after.len());
-                data.push_str(before);
-                data.push_str(&quoted);
-                data.push_str(after);
-                if let Ok(chunk) = self.usual.read(ByteString::from(data)) {
-                    return chunk;
-                }
+        if let (true, Some((before, after))) = (plain, &self.frame) {
+            let mut data = String::with_capacity(before.len() + text.len() + 2 + after.len());
+            data.push_str(before);
+            data.push('"');
+            data.push_str(text);
+            data.push('"');
+            data.push_str(after);
+            if let Ok(chunk) = self.usual.read(ByteString::from(data)) {
+                return chunk;
             }
         }
         translator.text(text).into()
@@ -1871,6 +1876,9 @@ mod tests {
                 // Escaped text is not of the usual shape: built and
                 // serialised as before.
                 ("say \"hi\"\n", false),
+                // Put between the quotes unescaped, this would be JSON
+                // with another member: it must be escaped.
+                (r#"a","role":"assistant"#, false),
             ] {
                 let chunk = texts.chunk(&translator, text);
                 let expected = translator.text(text);
