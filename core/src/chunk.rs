@@ -418,8 +418,9 @@ impl TextChunk {
 
 /// Whether `bytes` stand as a JSON string's content with nothing to
 /// unescape: no quote (which would end it), backslash (an escape) or
-/// control character (invalid in it).
-fn is_plain_string(bytes: &[u8]) -> bool {
+/// control character (invalid in it). Such text is its JSON string's
+/// content as it is, and the only text a chunk of the usual shape takes.
+pub fn is_plain_string(bytes: &[u8]) -> bool {
     !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
 }
 

@@ -1101,7 +1101,7 @@ impl TextChunks {
         // escaped in JSON, which the usual shape does not take: such a
         // chunk is built and serialised, with no attempt first. Any other
         // text is its JSON string's content as it is.
-        let plain = !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        let plain = switchyard_core::chunk::is_plain_string(text.as_bytes());
         if plain && self.frame.is_none() {
             self.frame = Self::frame(translator);
         }
