@@ -347,9 +347,11 @@ pub struct UsualChunks {
 }
 
 /// The last chunk read that carried text and nothing else the stream
-/// layers look at (no `finish_reason`, no `usage` object, its `model`
-/// before the text). Its bytes are copied: a chunk's data is a slice of
-/// an upstream read, which it would keep alive for the whole stream.
+/// layers look at (no `finish_reason`, no `usage` object). Its bytes are
+/// copied: a chunk's data is a slice of an upstream read, which it would
+/// keep alive for the whole stream. Its `model` may sit before the text
+/// (OpenAI, vLLM, Ollama) or after it (llama.cpp's server writes
+/// `choices` first): there it moves with the text's length.
 struct TextChunk {
     data: ByteString,
     /// Its facts; `content` is where the text sits.
@@ -364,8 +366,8 @@ struct TextChunk {
 impl TextChunk {
     fn of(data: &ByteString, facts: &Facts) -> Option<Self> {
         let text = facts.content?;
-        let plain =
-            facts.finish_reason.is_none() && facts.usage.is_none() && facts.model.end <= text.start;
+        let apart = facts.model.end <= text.start || facts.model.start >= text.end;
+        let plain = facts.finish_reason.is_none() && facts.usage.is_none() && apart;
         plain.then(|| Self {
             data: ByteString::from(String::from(&**data)),
             facts: facts.clone(),
@@ -407,11 +409,21 @@ impl TextChunk {
         if !is_plain_string(bytes.get(before.len()..end)?) {
             return None;
         }
+        let end = u32::try_from(end).ok()?;
         let mut facts = self.facts.clone();
         facts.content = Some(Span {
             start: text.start,
-            end: u32::try_from(end).ok()?,
+            end,
         });
+        let model = self.facts.model;
+        if model.start >= text.end {
+            // The bytes between the text and the model are the template's.
+            let shift = |at: u32| end.checked_add(at.checked_sub(text.end)?);
+            facts.model = Span {
+                start: shift(model.start)?,
+                end: shift(model.end)?,
+            };
+        }
         Some(facts)
     }
 }
@@ -942,16 +954,64 @@ mod tests {
             assert_eq!(taken(other.clone()), None, "taken: {other}");
         }
         // Chunks with text that cannot stand for the next: a finish_reason,
-        // a usage object or the model after the text, whose places would
-        // move with the text's length.
+        // a usage object.
         for data in [
             text("a", r#""stop""#),
             text("a", "null").replace("]}", r#"],"usage":{"total_tokens":1}}"#),
-            r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"model":"m"}"#.to_owned(),
         ] {
             let mut usual = UsualChunks::default();
             usual.read(data.clone().into()).unwrap();
             assert!(usual.text_chunk.is_none(), "kept as a text chunk: {data}");
+        }
+    }
+
+    #[test]
+    fn a_model_after_the_text_moves_with_the_texts_length() {
+        // llama.cpp's server order: `choices` first, the model after them.
+        let chunk = |content: &str, model: &str| {
+            format!(
+                r#"{{"choices":[{{"finish_reason":null,"index":0,"delta":{{"content":"{content}"}}}}],"created":1732770000,"id":"chatcmpl-l","model":"{model}","system_fingerprint":"b4000","object":"chat.completion.chunk"}}"#
+            )
+        };
+        let mut usual = UsualChunks::default();
+        usual.read(chunk("Hello", "llama-3").into()).unwrap();
+        let taken = |usual: &UsualChunks, data: &str| {
+            usual
+                .text_chunk
+                .as_ref()
+                .and_then(|t| t.read(&data.to_owned().into()))
+                .is_some()
+        };
+        for content in ["", "a", "Hello", "ça va, a longer text than the first"] {
+            let data = chunk(content, "llama-3");
+            assert!(taken(&usual, &data), "not taken: {data}");
+            let read = usual.read(data.clone().into()).unwrap();
+            assert!(read.is_unparsed());
+            assert_eq!(read.model(), "llama-3", "{data}");
+            assert_eq!(read.text_ref(), content);
+            assert_eq!(read, parsed(&data));
+        }
+        // Another model after the text is other bytes: read in full, and
+        // it names its own model.
+        let other = chunk("a", "llama-4");
+        assert!(!taken(&usual, &other));
+        let read = usual.read(other.clone().into()).unwrap();
+        assert_eq!(read.model(), "llama-4");
+        assert_eq!(read, parsed(&other));
+        // With OpenAI's pad last, a model between the text and the pad.
+        let padded = |content: &str, pad: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"{content}"}}}}],"model":"m-1","obfuscation":"{pad}"}}"#
+            )
+        };
+        let mut usual = UsualChunks::default();
+        usual.read(padded("Hi", "K2").into()).unwrap();
+        for (content, pad) in [("", "x"), ("a much longer text", "p9xQm")] {
+            let data = padded(content, pad);
+            assert!(taken(&usual, &data), "not taken: {data}");
+            let read = usual.read(data.clone().into()).unwrap();
+            assert_eq!(read.model(), "m-1", "{data}");
+            assert_eq!(read, parsed(&data));
         }
     }
 
