@@ -156,6 +156,9 @@ struct UsualDelta<'a> {
     reasoning_content: NullOnly,
     #[serde(default)]
     #[allow(dead_code, reason = "parsed to refuse a non-null one")]
+    reasoning: NullOnly,
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
     refusal: NullOnly,
 }
 
@@ -801,6 +804,9 @@ mod tests {
             r#"{"id":"c1","model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"é ✓","refusal":null,"reasoning_content":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
         );
         assert_same_answers(r#"{"choices":[{"delta":{"content":"x"}}]}"#);
+        assert_same_answers(
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x","reasoning":null}}]}"#,
+        );
         // The final usage chunk, and a chunk with no choice at all.
         assert_same_answers(
             r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":2}}}"#,
@@ -817,6 +823,7 @@ mod tests {
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a\nb"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning":"hm"}}]}"#,
             r#"{"model":"m","choices":[],"usage":{"prompt_tokens":"one"}}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}}],"error":{"message":"no"}}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"y"}}]}"#,

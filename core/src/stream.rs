@@ -222,6 +222,7 @@ impl<S: Stream<Item = ChunkItem> + Unpin> Stream for TimedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ChatChunk;
     use futures_util::StreamExt;
 
     /// A chunk as an OpenAI adapter makes it: its data, unparsed.
@@ -370,6 +371,49 @@ mod tests {
             ]
         );
         assert_eq!(start.elapsed(), Duration::from_secs(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reasoning_under_either_name_is_the_first_token() {
+        // First-token limit 2 s: a reasoning delta every second for 4 s,
+        // then silence, is a stall 5 s after the last one, not a
+        // first-token timeout at 2 s.
+        let ctx = CallContext {
+            first_token_timeout: Duration::from_secs(2),
+            stream_idle_timeout: Duration::from_secs(5),
+            ..CallContext::default()
+        };
+        for key in ["reasoning_content", "reasoning"] {
+            let paced = futures_util::stream::unfold(0u64, move |n| async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let chunk: ChatChunk = serde_json::from_value(serde_json::json!({
+                    "choices": [{"index": 0, "delta": {key: "hmm"}, "finish_reason": null}]
+                }))
+                .unwrap();
+                Some((Ok(StreamChunk::from(chunk)), n + 1))
+            })
+            .take(4)
+            .chain(futures_util::stream::pending());
+            let start = Instant::now();
+            let out: Vec<_> = TimedStream::boxed(Box::pin(paced), &ctx)
+                .map(|r| r.map(|c| c.has_content()))
+                .collect()
+                .await;
+            assert_eq!(
+                out,
+                vec![
+                    Ok(true),
+                    Ok(true),
+                    Ok(true),
+                    Ok(true),
+                    Err(ProviderError::Timeout {
+                        phase: TimeoutPhase::StreamIdle
+                    })
+                ],
+                "{key}"
+            );
+            assert_eq!(start.elapsed(), Duration::from_secs(9), "{key}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,6 +17,17 @@ use crate::error::ProviderError;
 /// A JSON object of fields the gateway does not interpret.
 pub type Extra = Map<String, Value>;
 
+/// The non-empty reasoning text among a message's or delta's other
+/// fields. Servers name it two ways: `reasoning_content` (DeepSeek, vLLM
+/// before 0.10, LM Studio) and `reasoning` (OpenRouter, Groq, Ollama,
+/// newer vLLM).
+pub fn reasoning_text(extra: &Extra) -> Option<&str> {
+    ["reasoning_content", "reasoning"]
+        .iter()
+        .find_map(|key| extra.get(*key).and_then(Value::as_str))
+        .filter(|text| !text.is_empty())
+}
+
 fn is_false(value: &bool) -> bool {
     !*value
 }
@@ -610,11 +621,7 @@ impl ChatChunk {
         self.choices.iter().any(|c| {
             c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
                 || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-                || c.delta
-                    .extra
-                    .get("reasoning_content")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| !t.is_empty())
+                || reasoning_text(&c.delta.extra).is_some()
         })
     }
 
@@ -1051,6 +1058,21 @@ mod tests {
         }))
         .unwrap();
         assert!(tool.has_content() && tool.has_tool_calls());
+        // Reasoning under either of its names is content; an empty or
+        // non-string one is not.
+        for (key, value, content) in [
+            ("reasoning_content", serde_json::json!("Let me"), true),
+            ("reasoning", serde_json::json!("Let me"), true),
+            ("reasoning", serde_json::json!(""), false),
+            ("reasoning", serde_json::json!(null), false),
+            ("reasoning_details", serde_json::json!("Let me"), false),
+        ] {
+            let chunk: ChatChunk = serde_json::from_value(serde_json::json!({
+                "choices": [{"index": 0, "delta": {key: value}}]
+            }))
+            .unwrap();
+            assert_eq!(chunk.has_content(), content, "{key}: {value}");
+        }
         let done: ChatChunk = serde_json::from_value(serde_json::json!({
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
         }))

@@ -40,7 +40,7 @@ use switchyard_core::{
     ChatResponse, ChatStream, ChunkChoice, ChunkDelta, ChunkItem, ContentPart, FunctionCall,
     FunctionCallDelta, FunctionDefinition, MessageContent, ModelConfig, ModelInfo, Provider,
     ProviderError, RawEvent, RawEventStream, Secret, StreamChunk, TimeoutPhase, Tool, ToolCall,
-    ToolCallDelta, UpstreamError, UsualChunks,
+    ToolCallDelta, UpstreamError, UsualChunks, reasoning_text,
 };
 
 use crate::http::{Upstream, parse_json};
@@ -827,12 +827,7 @@ pub fn chat_response_to_anthropic(response: &ChatResponse) -> Value {
     let choice = response.choices.first();
     let mut content = Vec::new();
     if let Some(message) = choice.map(|c| &c.message) {
-        if let Some(reasoning) = message
-            .extra
-            .get("reasoning_content")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-        {
+        if let Some(reasoning) = reasoning_text(&message.extra) {
             content.push(json!({ "type": "thinking", "thinking": reasoning, "signature": "" }));
         }
         if let Some(text) = message.text_content().filter(|t| !t.is_empty()) {
@@ -1345,13 +1340,7 @@ impl ChunksToAnthropic {
         let Some(choice) = chunk.choices.iter().find(|c| c.index == 0) else {
             return out;
         };
-        if let Some(reasoning) = choice
-            .delta
-            .extra
-            .get("reasoning_content")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-        {
+        if let Some(reasoning) = reasoning_text(&choice.delta.extra) {
             if self.block != Some(OpenBlock::Thinking) {
                 self.open_block(
                     OpenBlock::Thinking,
@@ -1988,5 +1977,41 @@ mod tests {
         // Not JSON at all.
         assert_eq!(facts(r#"{"type":"ping""#), None);
         assert_eq!(facts("ping"), None);
+    }
+
+    #[test]
+    fn reasoning_under_either_name_becomes_thinking() {
+        for key in ["reasoning_content", "reasoning"] {
+            let response: ChatResponse = serde_json::from_value(json!({
+                "id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "4", key: "2 and 2"}}]
+            }))
+            .unwrap();
+            let message = chat_response_to_anthropic(&response);
+            assert_eq!(
+                message["content"][0],
+                json!({"type": "thinking", "thinking": "2 and 2", "signature": ""}),
+                "{key}"
+            );
+            assert_eq!(message["content"][1], json!({"type": "text", "text": "4"}));
+
+            let chunk: ChatChunk = serde_json::from_value(json!({
+                "id": "c1", "model": "m",
+                "choices": [{"index": 0, "delta": {key: "2 and 2"}, "finish_reason": null}]
+            }))
+            .unwrap();
+            let mut to_events = ChunksToAnthropic::new("m");
+            let events = to_events.on_chunk(&chunk);
+            let thinking = events
+                .iter()
+                .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+                .find(|data| data["delta"]["type"] == "thinking_delta");
+            assert_eq!(
+                thinking.map(|data| data["delta"]["thinking"].clone()),
+                Some(json!("2 and 2")),
+                "{key}"
+            );
+        }
     }
 }
