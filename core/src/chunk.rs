@@ -53,6 +53,9 @@ struct Facts {
     /// No choice at all (the final usage chunk) rather than one.
     no_choices: bool,
     content: Option<Span>,
+    /// The reasoning text, under either of its names (a chunk naming both
+    /// is parsed in full).
+    reasoning: Option<Span>,
     finish_reason: Option<Span>,
     /// The `usage` object: parsed, being small and owning no strings.
     usage: Option<Box<Usage>>,
@@ -137,9 +140,9 @@ struct UsualChoice<'a> {
     logprobs: NullOnly,
 }
 
-/// A delta of text only: tool calls, reasoning text or a refusal send the
-/// chunk to the full parse (null ones are what some servers put on every
-/// chunk).
+/// A delta of text or reasoning text only: tool calls or a refusal send
+/// the chunk to the full parse (null ones are what some servers put on
+/// every chunk).
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsualDelta<'a> {
@@ -151,12 +154,10 @@ struct UsualDelta<'a> {
     #[serde(default)]
     #[allow(dead_code, reason = "parsed to refuse a non-null one")]
     tool_calls: NullOnly,
-    #[serde(default)]
-    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
-    reasoning_content: NullOnly,
-    #[serde(default)]
-    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
-    reasoning: NullOnly,
+    #[serde(default, borrow)]
+    reasoning_content: Option<&'a str>,
+    #[serde(default, borrow)]
+    reasoning: Option<&'a str>,
     #[serde(default)]
     #[allow(dead_code, reason = "parsed to refuse a non-null one")]
     refusal: NullOnly,
@@ -274,10 +275,15 @@ fn facts(
         None => Some(None),
         Some(value) => Span::shifted(base, value, shift).map(Some),
     };
+    let reasoning = match (choice.delta.reasoning_content, choice.delta.reasoning) {
+        (Some(_), Some(_)) => return None,
+        (one, None) | (None, one) => span(one)?,
+    };
     Some(Facts {
         model,
         no_choices: choices.0.is_none(),
         content: span(choice.delta.content)?,
+        reasoning,
         finish_reason: span(choice.finish_reason)?,
         null_usage: matches!(usage, UsageMember::Null),
         usage: match usage {
@@ -349,16 +355,19 @@ pub struct UsualChunks {
     scratch: String,
 }
 
-/// The last chunk read that carried text and nothing else the stream
-/// layers look at (no `finish_reason`, no `usage` object). Its bytes are
-/// copied: a chunk's data is a slice of an upstream read, which it would
-/// keep alive for the whole stream. Its `model` may sit before the text
-/// (OpenAI, vLLM, Ollama) or after it (llama.cpp's server writes
-/// `choices` first): there it moves with the text's length.
+/// The last chunk read that carried text or reasoning text and nothing
+/// else the stream layers look at (no `finish_reason`, no `usage`
+/// object). Its bytes are copied: a chunk's data is a slice of an
+/// upstream read, which it would keep alive for the whole stream. Its
+/// `model` may sit before the text (OpenAI, vLLM, Ollama) or after it
+/// (llama.cpp's server writes `choices` first): what sits after the text
+/// moves with the text's length.
 struct TextChunk {
     data: ByteString,
-    /// Its facts; `content` is where the text sits.
+    /// Its facts; the hole's span is where the text sits.
     facts: Facts,
+    /// Which text a later chunk may change.
+    hole: Hole,
     /// Where the chunk's last member's string value sits when that value
     /// ends the chunk after the text (`…,"obfuscation":"K2p"}`): a second
     /// place a later chunk may differ. OpenAI pads every chunk of a
@@ -366,14 +375,39 @@ struct TextChunk {
     last_value: Option<Span>,
 }
 
+/// The text of a [`TextChunk`] that later chunks change: the answer's
+/// text, or a reasoning model's reasoning before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hole {
+    Content,
+    Reasoning,
+}
+
+impl Facts {
+    fn hole(&mut self, hole: Hole) -> &mut Option<Span> {
+        match hole {
+            Hole::Content => &mut self.content,
+            Hole::Reasoning => &mut self.reasoning,
+        }
+    }
+}
+
 impl TextChunk {
     fn of(data: &ByteString, facts: &Facts) -> Option<Self> {
-        let text = facts.content?;
+        let has_text = facts.content.is_some_and(|span| span.end > span.start);
+        let hole = if facts.reasoning.is_some() && !has_text {
+            Hole::Reasoning
+        } else {
+            Hole::Content
+        };
+        let mut facts = facts.clone();
+        let text = (*facts.hole(hole))?;
         let apart = facts.model.end <= text.start || facts.model.start >= text.end;
         let plain = facts.finish_reason.is_none() && facts.usage.is_none() && apart;
         plain.then(|| Self {
             data: ByteString::from(String::from(&**data)),
-            facts: facts.clone(),
+            facts,
+            hole,
             last_value: last_string_value(data.as_bytes(), text.end),
         })
     }
@@ -381,7 +415,8 @@ impl TextChunk {
     /// The facts of `data` if it is this chunk with only the text (and
     /// the last value, if it has one) changed.
     fn read(&self, data: &ByteString) -> Option<Facts> {
-        let text = self.facts.content?;
+        let mut facts = self.facts.clone();
+        let text = (*facts.hole(self.hole))?;
         let template = self.data.as_bytes();
         let before = template.get(..text.start as usize)?;
         let bytes = data.as_bytes();
@@ -413,20 +448,31 @@ impl TextChunk {
             return None;
         }
         let end = u32::try_from(end).ok()?;
-        let mut facts = self.facts.clone();
-        facts.content = Some(Span {
+        *facts.hole(self.hole) = Some(Span {
             start: text.start,
             end,
         });
-        let model = self.facts.model;
-        if model.start >= text.end {
-            // The bytes between the text and the model are the template's.
+        // What sits after the text (the template's bytes) moves with it.
+        let moved = |span: Span| -> Option<Span> {
+            if span.start < text.end {
+                return Some(span);
+            }
             let shift = |at: u32| end.checked_add(at.checked_sub(text.end)?);
-            facts.model = Span {
-                start: shift(model.start)?,
-                end: shift(model.end)?,
-            };
-        }
+            Some(Span {
+                start: shift(span.start)?,
+                end: shift(span.end)?,
+            })
+        };
+        facts.model = moved(facts.model)?;
+        let other = match self.hole {
+            Hole::Content => Hole::Reasoning,
+            Hole::Reasoning => Hole::Content,
+        };
+        let other = facts.hole(other);
+        *other = match *other {
+            Some(span) => Some(moved(span)?),
+            None => None,
+        };
         Some(facts)
     }
 }
@@ -590,7 +636,9 @@ impl StreamChunk {
     /// [`ChatChunk::has_content`].
     pub fn has_content(&self) -> bool {
         match &self.raw {
-            Some(raw) => raw.facts.content.is_some_and(|span| span.end > span.start),
+            Some(raw) => [raw.facts.content, raw.facts.reasoning]
+                .iter()
+                .any(|span| span.is_some_and(|span| span.end > span.start)),
             None => (**self).has_content(),
         }
     }
@@ -807,6 +855,18 @@ mod tests {
         assert_same_answers(
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x","reasoning":null}}]}"#,
         );
+        // Reasoning text under either name, empty, beside an empty text.
+        for delta in [
+            r#"{"content":null,"reasoning_content":"Let me see"}"#,
+            r#"{"reasoning":"Let me see"}"#,
+            r#"{"reasoning":""}"#,
+            r#"{"role":"assistant","content":"","reasoning_content":"hm"}"#,
+            r#"{"reasoning_content":null,"reasoning":"hm"}"#,
+        ] {
+            assert_same_answers(&format!(
+                r#"{{"id":"c1","model":"m","choices":[{{"index":0,"delta":{delta},"finish_reason":null}}]}}"#
+            ));
+        }
         // The final usage chunk, and a chunk with no choice at all.
         assert_same_answers(
             r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":2}}}"#,
@@ -816,14 +876,15 @@ mod tests {
 
     #[test]
     fn chunks_of_other_shapes_are_left_to_the_full_parse() {
-        // Escaped text, tool calls, reasoning text, a usage object of the
-        // wrong shape, an error, two choices, a choice at index 1, a typed
+        // Escaped text, tool calls, reasoning under both names, escaped
+        // or not a string, a usage object of the wrong shape, an error, two choices, a choice at index 1, a typed
         // field of the wrong type, malformed JSON, log probabilities.
         for data in [
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a\nb"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
-            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
-            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning":"hm"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm","reasoning":"hm"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning":"a\nb"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":{"text":"hm"}}}]}"#,
             r#"{"model":"m","choices":[],"usage":{"prompt_tokens":"one"}}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}}],"error":{"message":"no"}}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"y"}}]}"#,
@@ -1020,6 +1081,70 @@ mod tests {
             assert_eq!(read.model(), "m-1", "{data}");
             assert_eq!(read, parsed(&data));
         }
+    }
+
+    #[test]
+    fn reasoning_text_is_a_hole_and_what_follows_it_moves() {
+        // A reasoning model's stream: reasoning deltas (DeepSeek's shape,
+        // and one with an empty text after the reasoning and the model
+        // after the choices), then text.
+        let deepseek = |reasoning: &str| {
+            format!(
+                r#"{{"id":"c1","object":"chat.completion.chunk","created":7,"model":"r-1","choices":[{{"index":0,"delta":{{"content":null,"reasoning_content":"{reasoning}"}},"logprobs":null,"finish_reason":null}}]}}"#
+            )
+        };
+        let trailing = |reasoning: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"reasoning":"{reasoning}","content":""}},"finish_reason":null}}],"model":"r-2","obfuscation":"K2"}}"#
+            )
+        };
+        for (chunk, model) in [
+            (&deepseek as &dyn Fn(&str) -> String, "r-1"),
+            (&trailing, "r-2"),
+        ] {
+            let mut usual = UsualChunks::default();
+            usual.read(chunk("First").into()).unwrap();
+            let template = usual
+                .text_chunk
+                .as_ref()
+                .expect("a reasoning chunk is a template");
+            assert_eq!(template.hole, Hole::Reasoning);
+            for reasoning in ["", "so", "ça, and a longer thought than the first"] {
+                let data = chunk(reasoning);
+                let taken = usual
+                    .text_chunk
+                    .as_ref()
+                    .and_then(|t| t.read(&data.clone().into()));
+                let facts = taken.unwrap_or_else(|| panic!("not taken: {data}"));
+                // An empty text after the reasoning keeps its place.
+                if let Some(content) = facts.content {
+                    let key = r#""content":""#;
+                    let at = (data.find(key).unwrap() + key.len()) as u32;
+                    assert_eq!((content.start, content.end), (at, at), "{data}");
+                }
+                let read = usual.read(data.clone().into()).unwrap();
+                assert!(read.is_unparsed());
+                assert_eq!(read.has_content(), !reasoning.is_empty(), "{data}");
+                assert_eq!(read.text_ref(), "", "{data}");
+                assert_eq!(read.model(), model, "{data}");
+                assert!(read.is_unparsed());
+                assert_eq!(read, parsed(&data));
+            }
+        }
+        // The text after the reasoning is another hole: a new template.
+        let mut usual = UsualChunks::default();
+        usual.read(deepseek("First").into()).unwrap();
+        let text = deepseek("x").replace(
+            r#""content":null,"reasoning_content":"x""#,
+            r#""content":"Hello","reasoning_content":null"#,
+        );
+        let read = usual.read(text.clone().into()).unwrap();
+        assert_eq!(read.text_ref(), "Hello");
+        assert_eq!(read, parsed(&text));
+        assert_eq!(
+            usual.text_chunk.as_ref().map(|t| t.hole),
+            Some(Hole::Content)
+        );
     }
 
     #[test]

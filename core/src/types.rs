@@ -22,10 +22,12 @@ pub type Extra = Map<String, Value>;
 /// before 0.10, LM Studio) and `reasoning` (OpenRouter, Groq, Ollama,
 /// newer vLLM).
 pub fn reasoning_text(extra: &Extra) -> Option<&str> {
-    ["reasoning_content", "reasoning"]
-        .iter()
-        .find_map(|key| extra.get(*key).and_then(Value::as_str))
-        .filter(|text| !text.is_empty())
+    ["reasoning_content", "reasoning"].iter().find_map(|key| {
+        extra
+            .get(*key)
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+    })
 }
 
 fn is_false(value: &bool) -> bool {
