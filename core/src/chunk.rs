@@ -21,6 +21,7 @@ use std::sync::LazyLock;
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 use crate::types::{BoxedChatChunk, ChatChunk, Usage};
 
@@ -53,6 +54,8 @@ struct Facts {
     /// No choice at all (the final usage chunk) rather than one.
     no_choices: bool,
     content: Option<Span>,
+    /// Whether the text has escapes (read unescaped when asked for).
+    content_escaped: bool,
     /// The reasoning text, under either of its names (a chunk naming both
     /// is parsed in full).
     reasoning: Option<Span>,
@@ -100,11 +103,12 @@ impl Span {
 /// What a chunk looks like when it can travel as its bytes: the fields a
 /// [`ChatChunk`] parses typed as it types them (so that the full parse,
 /// when it comes, succeeds), one choice at index 0 whose delta has only a
-/// role and plain text (or no choice, as in the final usage chunk), and no
-/// `error`. Strings are borrowed, so an escaped one fails this parse and
-/// the chunk is parsed in full instead; members of other names are checked
-/// as JSON and skipped (a [`ChatChunk`] keeps them in `extra`, whatever
-/// their type).
+/// role and a text or a reasoning text (or no choice, as in the final usage
+/// chunk), and no `error`. Strings are borrowed: the texts as their JSON
+/// tokens (escapes other than `\u` allowed, decoded when asked for), the
+/// others as they are, so an escaped one fails this parse and the chunk is
+/// parsed in full instead; members of other names are checked as JSON and
+/// skipped (a [`ChatChunk`] keeps them in `extra`, whatever their type).
 #[derive(Deserialize)]
 struct UsualChunk<'a> {
     #[serde(default, borrow)]
@@ -150,14 +154,14 @@ struct UsualDelta<'a> {
     #[allow(dead_code, reason = "parsed to check its type")]
     role: Option<&'a str>,
     #[serde(default, borrow)]
-    content: Option<&'a str>,
+    content: Option<&'a RawValue>,
     #[serde(default)]
     #[allow(dead_code, reason = "parsed to refuse a non-null one")]
     tool_calls: NullOnly,
     #[serde(default, borrow)]
-    reasoning_content: Option<&'a str>,
+    reasoning_content: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    reasoning: Option<&'a str>,
+    reasoning: Option<&'a RawValue>,
     #[serde(default)]
     #[allow(dead_code, reason = "parsed to refuse a non-null one")]
     refusal: NullOnly,
@@ -244,6 +248,15 @@ impl RawChunk {
         span.get(&self.data)
     }
 
+    /// The string at `span`, escapes decoded (read checked it decodes).
+    fn unescaped(&self, span: Span) -> String {
+        let quoted = self
+            .data
+            .get(span.start.saturating_sub(1) as usize..span.end as usize + 1)
+            .unwrap_or_default();
+        serde_json::from_str(quoted).unwrap_or_default()
+    }
+
     fn parsed(&self) -> &ChatChunk {
         self.parsed.get_or_init(|| parse(&self.data))
     }
@@ -275,14 +288,23 @@ fn facts(
         None => Some(None),
         Some(value) => Span::shifted(base, value, shift).map(Some),
     };
+    let text = |value: Option<&RawValue>| match value {
+        None => Some(None),
+        Some(value) => {
+            let (text, escaped) = string_token(value)?;
+            Some(Some((Span::shifted(base, text, shift)?, escaped)))
+        }
+    };
     let reasoning = match (choice.delta.reasoning_content, choice.delta.reasoning) {
         (Some(_), Some(_)) => return None,
-        (one, None) | (None, one) => span(one)?,
+        (one, None) | (None, one) => text(one)?.map(|(span, _)| span),
     };
+    let content = text(choice.delta.content)?;
     Some(Facts {
         model,
         no_choices: choices.0.is_none(),
-        content: span(choice.delta.content)?,
+        content: content.map(|(span, _)| span),
+        content_escaped: content.is_some_and(|(_, escaped)| escaped),
         reasoning,
         finish_reason: span(choice.finish_reason)?,
         null_usage: matches!(usage, UsageMember::Null),
@@ -291,6 +313,46 @@ fn facts(
             UsageMember::Absent | UsageMember::Null => None,
         },
     })
+}
+
+/// The content of the JSON string token `value` (quotes excluded) and
+/// whether it has escapes; `None` for any other value, and for a string
+/// with a `\u` escape: the full parse decodes those and refuses a lone
+/// surrogate, which this read would not see.
+fn string_token(value: &RawValue) -> Option<(&str, bool)> {
+    let text = value.get().strip_prefix('"')?.strip_suffix('"')?;
+    let Some(first) = memchr::memchr(b'\\', text.as_bytes()) else {
+        return Some((text, false));
+    };
+    if text.get(first..)?.contains("\\u") {
+        return None;
+    }
+    Some((text, true))
+}
+
+/// Where the JSON string whose content `bytes` begin ends (the index of
+/// its closing quote), and whether it has escapes. `None` when a control
+/// character, a `\u` escape or an unknown one comes first, or nothing
+/// closes it: the same strings [`string_token`] takes.
+fn string_end(bytes: &[u8]) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    let mut at = 0;
+    loop {
+        let rest = bytes.get(at..)?;
+        let next = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest.get(..next)?.iter().any(|&b| b < 0x20) {
+            return None;
+        }
+        if rest.get(next) == Some(&b'"') {
+            return Some((at + next, escaped));
+        }
+        match rest.get(next + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+            _ => return None,
+        }
+        escaped = true;
+        at += next + 2;
+    }
 }
 
 /// The members of a chunk from its `choices` on, read as an object of
@@ -336,11 +398,12 @@ impl<'de> Deserialize<'de> for Repeated {
 /// for less, from what the stream's earlier chunks were:
 /// - Most chunks of a stream are the same bytes around a different text:
 ///   a chunk that is the last text chunk's bytes with only the text
-///   changed (to one without quotes, escapes or control characters) is
-///   valid JSON of the same members, and is not parsed at all. When that
-///   chunk ends with a string member after its text (OpenAI's random
-///   `obfuscation` padding, different on every chunk), that value may
-///   change too, under the same rule.
+///   changed (to a JSON string's content: no unescaped quote, no control
+///   character, no escape but the short ones) is valid JSON of the same
+///   members, and is not parsed at all. When that chunk ends with a
+///   string member after its text (OpenAI's random `obfuscation`
+///   padding, different on every chunk), that value may change too, to
+///   a plain string (no quote, escape or control character).
 /// - The chunks of a stream begin with the same members (`id`, `object`,
 ///   `created`, `model`, often `system_fingerprint`) byte for byte; once
 ///   one chunk's were read, a chunk whose bytes up to its `choices` key
@@ -384,7 +447,14 @@ enum Hole {
 }
 
 impl Facts {
-    fn hole(&mut self, hole: Hole) -> &mut Option<Span> {
+    fn hole(&self, hole: Hole) -> Option<Span> {
+        match hole {
+            Hole::Content => self.content,
+            Hole::Reasoning => self.reasoning,
+        }
+    }
+
+    fn hole_mut(&mut self, hole: Hole) -> &mut Option<Span> {
         match hole {
             Hole::Content => &mut self.content,
             Hole::Reasoning => &mut self.reasoning,
@@ -400,13 +470,12 @@ impl TextChunk {
         } else {
             Hole::Content
         };
-        let mut facts = facts.clone();
-        let text = (*facts.hole(hole))?;
+        let text = facts.hole(hole)?;
         let apart = facts.model.end <= text.start || facts.model.start >= text.end;
         let plain = facts.finish_reason.is_none() && facts.usage.is_none() && apart;
         plain.then(|| Self {
             data: ByteString::from(String::from(&**data)),
-            facts,
+            facts: facts.clone(),
             hole,
             last_value: last_string_value(data.as_bytes(), text.end),
         })
@@ -415,40 +484,49 @@ impl TextChunk {
     /// The facts of `data` if it is this chunk with only the text (and
     /// the last value, if it has one) changed.
     fn read(&self, data: &ByteString) -> Option<Facts> {
-        let mut facts = self.facts.clone();
-        let text = (*facts.hole(self.hole))?;
+        let text = self.facts.hole(self.hole)?;
         let template = self.data.as_bytes();
         let before = template.get(..text.start as usize)?;
         let bytes = data.as_bytes();
         if !bytes.starts_with(before) {
             return None;
         }
-        let end = match self.last_value {
+        // The text runs to its closing quote, then the template's bytes
+        // follow: to the end, or up to the last value, then a plain value
+        // ends the chunk.
+        let rest = bytes.get(before.len()..)?;
+        let (length, escaped) = match self.last_value {
             None => {
                 let after = template.get(text.end as usize..)?;
-                if bytes.len() < before.len() + after.len() || !bytes.ends_with(after) {
+                let length = rest.len().checked_sub(after.len())?;
+                if !rest.ends_with(after) {
                     return None;
                 }
-                bytes.len() - after.len()
+                // A plain text (nearly every one) is checked by the
+                // cheaper test; the escapes' reading must end it there.
+                if is_plain_string(rest.get(..length)?) {
+                    (length, false)
+                } else {
+                    let (end, escaped) = string_end(rest)?;
+                    (end == length).then_some((length, escaped))?
+                }
             }
             Some(value) => {
-                // A plain text ends at its first quote; the template's
-                // bytes follow up to the value, then a plain value ends
-                // the chunk.
-                let end = before.len() + memchr::memchr(b'"', bytes.get(before.len()..)?)?;
+                let (length, escaped) = string_end(rest)?;
                 let middle = template.get(text.end as usize..value.start as usize)?;
-                let tail = bytes.get(end..)?.strip_prefix(middle)?;
+                let tail = rest.get(length..)?.strip_prefix(middle)?;
                 if !is_plain_string(tail.strip_suffix(b"\"}")?) {
                     return None;
                 }
-                end
+                (length, escaped)
             }
         };
-        if !is_plain_string(bytes.get(before.len()..end)?) {
-            return None;
+        let end = u32::try_from(before.len() + length).ok()?;
+        let mut facts = self.facts.clone();
+        if self.hole == Hole::Content {
+            facts.content_escaped = escaped;
         }
-        let end = u32::try_from(end).ok()?;
-        *facts.hole(self.hole) = Some(Span {
+        *facts.hole_mut(self.hole) = Some(Span {
             start: text.start,
             end,
         });
@@ -468,7 +546,7 @@ impl TextChunk {
             Hole::Content => Hole::Reasoning,
             Hole::Reasoning => Hole::Content,
         };
-        let other = facts.hole(other);
+        let other = facts.hole_mut(other);
         *other = match *other {
             Some(span) => Some(moved(span)?),
             None => None,
@@ -604,8 +682,9 @@ static EMPTY: LazyLock<ChatChunk> = LazyLock::new(ChatChunk::default);
 
 impl StreamChunk {
     /// The chunk in `data` when it has the usual shape (one choice at
-    /// index 0 carrying a role or plain text, a `finish_reason` or
-    /// neither, or no choice; no escaped strings, no `error`): read
+    /// index 0 carrying a role, a text or a reasoning text, a
+    /// `finish_reason` or neither, or no choice; no `\u` escape in the
+    /// texts, no escape elsewhere, no `error`): read
     /// without copying anything, parsed only if someone looks. Otherwise
     /// `data` comes back for a full parse.
     pub fn pass_through(data: ByteString) -> Result<Self, ByteString> {
@@ -654,7 +733,11 @@ impl StreamChunk {
     /// [`ChatChunk::text_ref`].
     pub fn text_ref(&self) -> Cow<'_, str> {
         match &self.raw {
-            Some(raw) => Cow::Borrowed(raw.facts.content.map_or("", |span| raw.str(span))),
+            Some(raw) => match raw.facts.content {
+                None => Cow::Borrowed(""),
+                Some(span) if raw.facts.content_escaped => Cow::Owned(raw.unescaped(span)),
+                Some(span) => Cow::Borrowed(raw.str(span)),
+            },
             None => (**self).text_ref(),
         }
     }
@@ -855,6 +938,13 @@ mod tests {
         assert_same_answers(
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x","reasoning":null}}]}"#,
         );
+        // Escaped text: the usual read keeps it, decoded when asked.
+        assert_same_answers(
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a\n\"b\"\t\\"}}]}"#,
+        );
+        assert_same_answers(
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"a\nb"}}]}"#,
+        );
         // Reasoning text under either name, empty, beside an empty text.
         for delta in [
             r#"{"content":null,"reasoning_content":"Let me see"}"#,
@@ -876,14 +966,18 @@ mod tests {
 
     #[test]
     fn chunks_of_other_shapes_are_left_to_the_full_parse() {
-        // Escaped text, tool calls, reasoning under both names, escaped
-        // or not a string, a usage object of the wrong shape, an error, two choices, a choice at index 1, a typed
-        // field of the wrong type, malformed JSON, log probabilities.
+        // Text with a `\u` escape (a lone surrogate among them) or not a
+        // string, tool calls, reasoning under both names or with a `\u`
+        // escape, a usage object of the wrong shape, an error, two
+        // choices, a choice at index 1, a typed field of the wrong type,
+        // malformed JSON, log probabilities.
         for data in [
-            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a\nb"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"\ud800"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":7}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm","reasoning":"hm"}}]}"#,
-            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning":"a\nb"}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning":"\u0041"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":{"text":"hm"}}}]}"#,
             r#"{"model":"m","choices":[],"usage":{"prompt_tokens":"one"}}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x"}}],"error":{"message":"no"}}"#,
@@ -990,7 +1084,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_plain_text_in_the_same_bytes_is_taken_without_a_read() {
+    fn only_a_text_in_the_same_bytes_is_taken_without_a_read() {
         let lead = LEAD.trim_end_matches('"');
         let text = |content: &str, finish: &str| {
             format!(
@@ -1009,12 +1103,33 @@ mod tests {
         let start = text("", "null").find(r#""}"#).unwrap() as u32;
         assert_eq!(taken(text("ça va", "null")), Some(Some((start, start + 6))));
         assert_eq!(taken(text("", "null")), Some(Some((start, start))));
-        // A quote, an escape, a control character, another finish_reason
+        // Escaped texts are taken too, and read unescaped.
+        for (escaped, unescaped) in [
+            (r"a\nb", "a\nb"),
+            (r#"say \"hi\""#, r#"say "hi""#),
+            (r"back\\slash \/ \t\r\b\f", "back\\slash / \t\r\u{8}\u{c}"),
+            (r"\\", "\\"),
+        ] {
+            let data = text(escaped, "null");
+            let end = start + escaped.len() as u32;
+            assert_eq!(taken(data.clone()), Some(Some((start, end))), "{data}");
+            let mut reader = UsualChunks::default();
+            reader.read(text("Hello", "null").into()).unwrap();
+            let read = reader.read(data.clone().into()).unwrap();
+            assert!(read.is_unparsed());
+            assert_eq!(read.text_ref(), unescaped, "{data}");
+            assert!(read.has_content());
+            assert_eq!(read, parsed(&data));
+        }
+        // An unescaped quote, a `\u` escape, an unknown escape, an escaped
+        // closing quote, a control character, another finish_reason
         // (longer, and shorter than `null`), other leading bytes.
         for other in [
             text("ab", r#""x""#),
             text(r#"a","x":"b"#, "null"),
-            text(r"a\nb", "null"),
+            text(r"\u00e9", "null"),
+            text(r"a\qb", "null"),
+            text("a\\", "null"),
             text("a\u{1}b", "null"),
             text("a", r#""stop""#),
             text("a", "null").replace("chatcmpl-1", "chatcmpl-2"),
@@ -1171,16 +1286,18 @@ mod tests {
             ("", ""),
             ("a", "K2"),
             ("a longer text", "z"),
+            (r#"an \"escaped\"\ntext"#, "Qm"),
         ] {
             let data = chunk(content, pad);
             let end = start + content.len() as u32;
             assert_eq!(taken(&usual, &data), Some((start, end)), "{data}");
             let read = usual.read(data.clone().into()).unwrap();
             assert!(read.is_unparsed());
-            assert_eq!(read.text_ref(), content);
+            assert_eq!(read.text_ref(), parsed(&data).text_ref());
             assert_eq!(read, parsed(&data));
         }
-        // A pad or a text with a quote, an escape or a control character;
+        // A pad with a quote, an escape or a control character, a text
+        // with an unescaped quote;
         // another last key; no last member; another usage; other leading
         // bytes; a space before the closing brace.
         for other in [
