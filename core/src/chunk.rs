@@ -59,6 +59,11 @@ struct Facts {
     /// The reasoning text, under either of its names (a chunk naming both
     /// is parsed in full).
     reasoning: Option<Span>,
+    /// Whether the delta carries a tool-call fragment (one: more are
+    /// parsed in full).
+    tool_call: bool,
+    /// That fragment's piece of the arguments.
+    arguments: Option<Span>,
     finish_reason: Option<Span>,
     /// The `usage` object: parsed, being small and owning no strings.
     usage: Option<Box<Usage>>,
@@ -155,9 +160,8 @@ struct UsualDelta<'a> {
     role: Option<&'a str>,
     #[serde(default, borrow)]
     content: Option<&'a RawValue>,
-    #[serde(default)]
-    #[allow(dead_code, reason = "parsed to refuse a non-null one")]
-    tool_calls: NullOnly,
+    #[serde(default, borrow)]
+    tool_calls: Option<UsualToolCall<'a>>,
     #[serde(default, borrow)]
     reasoning_content: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -165,6 +169,62 @@ struct UsualDelta<'a> {
     #[serde(default)]
     #[allow(dead_code, reason = "parsed to refuse a non-null one")]
     refusal: NullOnly,
+}
+
+/// A delta's `tool_calls` of one fragment, typed as [`ToolCallDelta`]
+/// types it (its other members, which that type drops, skipped).
+///
+/// [`ToolCallDelta`]: crate::types::ToolCallDelta
+#[derive(Deserialize)]
+struct UsualToolCallFields<'a> {
+    #[serde(default)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    index: u32,
+    #[serde(default, borrow)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    id: Option<&'a str>,
+    #[serde(default, borrow, rename = "type")]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    kind: Option<&'a str>,
+    #[serde(default, borrow)]
+    function: Option<UsualFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct UsualFunction<'a> {
+    #[serde(default, borrow)]
+    #[allow(dead_code, reason = "parsed to check its type")]
+    name: Option<&'a str>,
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// Exactly one tool-call fragment: none or more fail the parse.
+struct UsualToolCall<'a>(UsualToolCallFields<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for UsualToolCall<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CallVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for CallVisitor<'a> {
+            type Value = UsualToolCall<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("one tool-call fragment")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UsualToolCall<'a>, A::Error> {
+                let Some(first) = seq.next_element()? else {
+                    return Err(serde::de::Error::custom("no tool-call fragment"));
+                };
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::custom("more than one tool-call fragment"));
+                }
+                Ok(UsualToolCall(first))
+            }
+        }
+        deserializer.deserialize_seq(CallVisitor(std::marker::PhantomData))
+    }
 }
 
 /// No choice or one: more fail the parse.
@@ -300,12 +360,19 @@ fn facts(
         (one, None) | (None, one) => text(one)?.map(|(span, _)| span),
     };
     let content = text(choice.delta.content)?;
+    let call = choice.delta.tool_calls.as_ref().map(|call| &call.0);
+    let arguments = call
+        .and_then(|call| call.function.as_ref())
+        .and_then(|function| function.arguments);
+    let arguments = text(arguments)?.map(|(span, _)| span);
     Some(Facts {
         model,
         no_choices: choices.0.is_none(),
         content: content.map(|(span, _)| span),
         content_escaped: content.is_some_and(|(_, escaped)| escaped),
         reasoning,
+        tool_call: call.is_some(),
+        arguments,
         finish_reason: span(choice.finish_reason)?,
         null_usage: matches!(usage, UsageMember::Null),
         usage: match usage {
@@ -439,11 +506,17 @@ struct TextChunk {
 }
 
 /// The text of a [`TextChunk`] that later chunks change: the answer's
-/// text, or a reasoning model's reasoning before it.
+/// text, a reasoning model's reasoning before it, or a tool call's
+/// arguments, streamed piece by piece.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hole {
     Content,
     Reasoning,
+    Arguments,
+}
+
+impl Hole {
+    const ALL: [Self; 3] = [Self::Content, Self::Reasoning, Self::Arguments];
 }
 
 impl Facts {
@@ -451,6 +524,7 @@ impl Facts {
         match hole {
             Hole::Content => self.content,
             Hole::Reasoning => self.reasoning,
+            Hole::Arguments => self.arguments,
         }
     }
 
@@ -458,6 +532,7 @@ impl Facts {
         match hole {
             Hole::Content => &mut self.content,
             Hole::Reasoning => &mut self.reasoning,
+            Hole::Arguments => &mut self.arguments,
         }
     }
 }
@@ -465,8 +540,12 @@ impl Facts {
 impl TextChunk {
     fn of(data: &ByteString, facts: &Facts) -> Option<Self> {
         let has_text = facts.content.is_some_and(|span| span.end > span.start);
-        let hole = if facts.reasoning.is_some() && !has_text {
+        let hole = if has_text {
+            Hole::Content
+        } else if facts.reasoning.is_some() {
             Hole::Reasoning
+        } else if facts.arguments.is_some() {
+            Hole::Arguments
         } else {
             Hole::Content
         };
@@ -542,15 +621,15 @@ impl TextChunk {
             })
         };
         facts.model = moved(facts.model)?;
-        let other = match self.hole {
-            Hole::Content => Hole::Reasoning,
-            Hole::Reasoning => Hole::Content,
-        };
-        let other = facts.hole_mut(other);
-        *other = match *other {
-            Some(span) => Some(moved(span)?),
-            None => None,
-        };
+        for other in Hole::ALL {
+            if other != self.hole {
+                let other = facts.hole_mut(other);
+                *other = match *other {
+                    Some(span) => Some(moved(span)?),
+                    None => None,
+                };
+            }
+        }
         Some(facts)
     }
 }
@@ -715,9 +794,12 @@ impl StreamChunk {
     /// [`ChatChunk::has_content`].
     pub fn has_content(&self) -> bool {
         match &self.raw {
-            Some(raw) => [raw.facts.content, raw.facts.reasoning]
-                .iter()
-                .any(|span| span.is_some_and(|span| span.end > span.start)),
+            Some(raw) => {
+                raw.facts.tool_call
+                    || [raw.facts.content, raw.facts.reasoning]
+                        .iter()
+                        .any(|span| span.is_some_and(|span| span.end > span.start))
+            }
             None => (**self).has_content(),
         }
     }
@@ -744,7 +826,10 @@ impl StreamChunk {
 
     /// [`ChatChunk::has_tool_calls`].
     pub fn has_tool_calls(&self) -> bool {
-        self.raw.is_none() && (**self).has_tool_calls()
+        match &self.raw {
+            Some(raw) => raw.facts.tool_call,
+            None => (**self).has_tool_calls(),
+        }
     }
 
     /// The chunk's `usage` object, if it has one.
@@ -938,6 +1023,18 @@ mod tests {
         assert_same_answers(
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"x","reasoning":null}}]}"#,
         );
+        // Tool-call fragments: the first (id, type, name), arguments
+        // escaped or not, another call's, with other members skipped.
+        for call in [
+            r#"{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}"#,
+            r#"{"index":0,"function":{"arguments":"{\"city\": \"Par"}}"#,
+            r#"{"index":0,"function":{"arguments":"is"}}"#,
+            r#"{"index":1,"id":null,"function":{"name":null,"arguments":"}"},"x":[1]}"#,
+        ] {
+            assert_same_answers(&format!(
+                r#"{{"id":"c1","model":"m","choices":[{{"index":0,"delta":{{"content":null,"tool_calls":[{call}]}},"finish_reason":null}}]}}"#
+            ));
+        }
         // Escaped text: the usual read keeps it, decoded when asked.
         assert_same_answers(
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a\n\"b\"\t\\"}}]}"#,
@@ -967,15 +1064,22 @@ mod tests {
     #[test]
     fn chunks_of_other_shapes_are_left_to_the_full_parse() {
         // Text with a `\u` escape (a lone surrogate among them) or not a
-        // string, tool calls, reasoning under both names or with a `\u`
-        // escape, a usage object of the wrong shape, an error, two
+        // string; tool calls: none, two, arguments not a string or with a
+        // `\u` escape, an id not a string, an escaped name, a negative
+        // index; reasoning under both names or with a `\u` escape, a usage object of the wrong shape, an error, two
         // choices, a choice at index 1, a typed field of the wrong type,
         // malformed JSON, log probabilities.
         for data in [
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"\ud800"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":7}}]}"#,
-            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0},{"index":1}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":{"a":1}}}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\u0041"}}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":7}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"a\"b"}}]}}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":-1}]}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hm","reasoning":"hm"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning":"\u0041"}}]}"#,
             r#"{"model":"m","choices":[{"index":0,"delta":{"reasoning_content":{"text":"hm"}}}]}"#,
@@ -1260,6 +1364,49 @@ mod tests {
             usual.text_chunk.as_ref().map(|t| t.hole),
             Some(Hole::Content)
         );
+    }
+
+    #[test]
+    fn tool_call_arguments_are_a_hole() {
+        // OpenAI's shape: the call's first fragment, then argument pieces,
+        // most of them with escaped quotes, the usage null after them.
+        let piece = |arguments: &str| {
+            format!(
+                r#"{{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"{arguments}"}}}}]}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+            )
+        };
+        let mut usual = UsualChunks::default();
+        let first = piece("").replace(
+            r#"{"index":0,"function":{"arguments":""}}"#,
+            r#"{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}"#,
+        );
+        let read = usual.read(first.clone().into()).unwrap();
+        assert!(read.has_tool_calls() && read.has_content());
+        assert_eq!(read, parsed(&first));
+        usual.read(piece(r#"{\""#).into()).unwrap();
+        assert_eq!(
+            usual.text_chunk.as_ref().map(|t| t.hole),
+            Some(Hole::Arguments)
+        );
+        for arguments in [r#"city\":"#, r#" \"Paris\""#, "", "}"] {
+            let data = piece(arguments);
+            let taken = usual
+                .text_chunk
+                .as_ref()
+                .and_then(|t| t.read(&data.clone().into()));
+            assert!(taken.is_some(), "not taken: {data}");
+            let read = usual.read(data.clone().into()).unwrap();
+            assert!(read.is_unparsed());
+            assert!(read.has_tool_calls() && read.has_content(), "{data}");
+            assert_eq!(read.text_ref(), "");
+            assert!(read.is_unparsed());
+            assert_eq!(read, parsed(&data));
+        }
+        // A piece of another call is other bytes: read, and still a call.
+        let other = piece("x").replace(r#""index":0,"function""#, r#""index":1,"function""#);
+        let read = usual.read(other.clone().into()).unwrap();
+        assert!(read.has_tool_calls());
+        assert_eq!(read, parsed(&other));
     }
 
     #[test]

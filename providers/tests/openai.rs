@@ -543,7 +543,7 @@ async fn unparsed_flags(mut stream: switchyard_core::ChatStream) -> (Vec<bool>, 
 }
 
 #[tokio::test]
-async fn usual_chunks_leave_the_adapter_as_their_data_and_tool_calls_parsed() {
+async fn usual_chunks_and_tool_call_fragments_leave_the_adapter_as_their_data() {
     let (server, _) = setup().await;
     let stream = at(&server, "stream")
         .chat_stream(chat_request(true), &ctx())
@@ -557,8 +557,24 @@ async fn usual_chunks_leave_the_adapter_as_their_data_and_tool_calls_parsed() {
         .chat_stream(chat_request(true), &ctx())
         .await
         .unwrap();
-    let (flags, _) = unparsed_flags(stream).await;
-    assert!(!flags[0], "a tool-call delta is parsed: {flags:?}");
+    let mut flags = Vec::new();
+    let mut stream = stream;
+    while let Some(item) = stream.next().await {
+        let chunk = item.unwrap();
+        // Asked first: the answers come from the data, unparsed.
+        flags.push((chunk.has_tool_calls(), chunk.is_unparsed()));
+    }
+    assert_eq!(
+        flags,
+        [
+            (true, true),
+            (true, true),
+            (true, true),
+            (false, true),
+            (false, true)
+        ],
+        "(tool call, unparsed) of each chunk"
+    );
 }
 
 #[tokio::test]
