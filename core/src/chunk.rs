@@ -70,10 +70,13 @@ struct Facts {
     null_usage: bool,
 }
 
+/// Offsets into a chunk's data. Two bytes each: every chunk moves through
+/// half a dozen stream layers by value, so its facts are kept small, and
+/// data of 64 KiB or more (no usual chunk) is parsed in full instead.
 #[derive(Clone, Copy, Debug)]
 struct Span {
-    start: u32,
-    end: u32,
+    start: u16,
+    end: u16,
 }
 
 impl Span {
@@ -83,8 +86,8 @@ impl Span {
         let end = start.checked_add(value.len())?;
         (end <= data.len()).then_some(())?;
         Some(Self {
-            start: u32::try_from(start).ok()?,
-            end: u32::try_from(end).ok()?,
+            start: u16::try_from(start).ok()?,
+            end: u16::try_from(end).ok()?,
         })
     }
 
@@ -92,7 +95,7 @@ impl Span {
     /// the chunk's byte `at + shift`.
     fn shifted(base: &str, value: &str, shift: usize) -> Option<Self> {
         let Self { start, end } = Self::of(base, value)?;
-        let shift = u32::try_from(shift).ok()?;
+        let shift = u16::try_from(shift).ok()?;
         Some(Self {
             start: start.checked_add(shift)?,
             end: end.checked_add(shift)?,
@@ -600,7 +603,7 @@ impl TextChunk {
                 (length, escaped)
             }
         };
-        let end = u32::try_from(before.len() + length).ok()?;
+        let end = u16::try_from(before.len() + length).ok()?;
         let mut facts = self.facts.clone();
         if self.hole == Hole::Content {
             facts.content_escaped = escaped;
@@ -614,7 +617,7 @@ impl TextChunk {
             if span.start < text.end {
                 return Some(span);
             }
-            let shift = |at: u32| end.checked_add(at.checked_sub(text.end)?);
+            let shift = |at: u16| end.checked_add(at.checked_sub(text.end)?);
             Some(Span {
                 start: shift(span.start)?,
                 end: shift(span.end)?,
@@ -647,7 +650,7 @@ pub fn is_plain_string(bytes: &[u8]) -> bool {
 /// (`…,"key":"value"}`, no space around the colon) after byte `after`.
 /// The closing brace is the object's own, so the value is a member of it,
 /// not of anything nested.
-fn last_string_value(data: &[u8], after: u32) -> Option<Span> {
+fn last_string_value(data: &[u8], after: u16) -> Option<Span> {
     let inner = data.strip_suffix(b"\"}")?;
     let open = memchr::memrchr(b'"', inner)?;
     if open <= after as usize || inner.get(open.checked_sub(1)?) != Some(&b':') {
@@ -657,8 +660,8 @@ fn last_string_value(data: &[u8], after: u32) -> Option<Span> {
         return None;
     }
     Some(Span {
-        start: u32::try_from(open + 1).ok()?,
-        end: u32::try_from(inner.len()).ok()?,
+        start: u16::try_from(open + 1).ok()?,
+        end: u16::try_from(inner.len()).ok()?,
     })
 }
 
@@ -1094,6 +1097,17 @@ mod tests {
         ] {
             assert!(refused(data), "passed through: {data}");
         }
+        // Data too long for the facts' offsets.
+        let long = format!(
+            r#"{{"model":"m","choices":[{{"index":0,"delta":{{"content":"{}"}}}}]}}"#,
+            "a".repeat(70_000)
+        );
+        assert!(refused(&long));
+        let mut usual = UsualChunks::default();
+        usual
+            .read(r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a"}}]}"#.into())
+            .unwrap();
+        assert!(usual.read(long.into()).is_err());
     }
 
     /// The bench's stream: the same leading members on every chunk.
@@ -1204,7 +1218,7 @@ mod tests {
                 .and_then(|t| t.read(&data.into()))
                 .map(|facts| facts.content.map(|span| (span.start, span.end)))
         };
-        let start = text("", "null").find(r#""}"#).unwrap() as u32;
+        let start = text("", "null").find(r#""}"#).unwrap() as u16;
         assert_eq!(taken(text("ça va", "null")), Some(Some((start, start + 6))));
         assert_eq!(taken(text("", "null")), Some(Some((start, start))));
         // Escaped texts are taken too, and read unescaped.
@@ -1215,7 +1229,7 @@ mod tests {
             (r"\\", "\\"),
         ] {
             let data = text(escaped, "null");
-            let end = start + escaped.len() as u32;
+            let end = start + escaped.len() as u16;
             assert_eq!(taken(data.clone()), Some(Some((start, end))), "{data}");
             let mut reader = UsualChunks::default();
             reader.read(text("Hello", "null").into()).unwrap();
@@ -1338,7 +1352,7 @@ mod tests {
                 // An empty text after the reasoning keeps its place.
                 if let Some(content) = facts.content {
                     let key = r#""content":""#;
-                    let at = (data.find(key).unwrap() + key.len()) as u32;
+                    let at = (data.find(key).unwrap() + key.len()) as u16;
                     assert_eq!((content.start, content.end), (at, at), "{data}");
                 }
                 let read = usual.read(data.clone().into()).unwrap();
@@ -1427,7 +1441,7 @@ mod tests {
                 .and_then(|facts| facts.content)
                 .map(|span| (span.start, span.end))
         };
-        let start = chunk("", "").find(r#""}"#).unwrap() as u32;
+        let start = chunk("", "").find(r#""}"#).unwrap() as u16;
         for (content, pad) in [
             ("ça va", "p9xQm"),
             ("", ""),
@@ -1436,7 +1450,7 @@ mod tests {
             (r#"an \"escaped\"\ntext"#, "Qm"),
         ] {
             let data = chunk(content, pad);
-            let end = start + content.len() as u32;
+            let end = start + content.len() as u16;
             assert_eq!(taken(&usual, &data), Some((start, end)), "{data}");
             let read = usual.read(data.clone().into()).unwrap();
             assert!(read.is_unparsed());
