@@ -163,8 +163,9 @@ struct UsualDelta<'a> {
     role: Option<&'a str>,
     #[serde(default, borrow)]
     content: Option<&'a RawValue>,
+    /// One fragment; none (an empty array) refuses the chunk.
     #[serde(default, borrow)]
-    tool_calls: Option<UsualToolCall<'a>>,
+    tool_calls: Option<AtMostOne<UsualToolCallFields<'a>>>,
     #[serde(default, borrow)]
     reasoning_content: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -174,7 +175,7 @@ struct UsualDelta<'a> {
     refusal: NullOnly,
 }
 
-/// A delta's `tool_calls` of one fragment, typed as [`ToolCallDelta`]
+/// A delta's tool-call fragment, typed as [`ToolCallDelta`]
 /// types it (its other members, which that type drops, skipped).
 ///
 /// [`ToolCallDelta`]: crate::types::ToolCallDelta
@@ -202,59 +203,34 @@ struct UsualFunction<'a> {
     arguments: Option<&'a RawValue>,
 }
 
-/// Exactly one tool-call fragment: none or more fail the parse.
-struct UsualToolCall<'a>(UsualToolCallFields<'a>);
+/// A JSON array of no element or one: more fail the parse.
+struct AtMostOne<T>(Option<T>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for UsualToolCall<'a> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AtMostOne<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct CallVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for CallVisitor<'a> {
-            type Value = UsualToolCall<'a>;
+        struct SeqVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for SeqVisitor<T> {
+            type Value = AtMostOne<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("one tool-call fragment")
+                f.write_str("an array of no element or one")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<UsualToolCall<'a>, A::Error> {
-                let Some(first) = seq.next_element()? else {
-                    return Err(serde::de::Error::custom("no tool-call fragment"));
-                };
-                if seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(serde::de::Error::custom("more than one tool-call fragment"));
-                }
-                Ok(UsualToolCall(first))
-            }
-        }
-        deserializer.deserialize_seq(CallVisitor(std::marker::PhantomData))
-    }
-}
-
-/// No choice or one: more fail the parse.
-struct UsualChoices<'a>(Option<UsualChoice<'a>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for UsualChoices<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ChoicesVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for ChoicesVisitor<'a> {
-            type Value = UsualChoices<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("no choice or one")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<UsualChoices<'a>, A::Error> {
+            ) -> Result<AtMostOne<T>, A::Error> {
                 let first = seq.next_element()?;
                 if first.is_some() && seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(serde::de::Error::custom("more than one choice"));
+                    return Err(serde::de::Error::custom("more than one element"));
                 }
-                Ok(UsualChoices(first))
+                Ok(AtMostOne(first))
             }
         }
-        deserializer.deserialize_seq(ChoicesVisitor(std::marker::PhantomData))
+        deserializer.deserialize_seq(SeqVisitor(std::marker::PhantomData))
     }
 }
+
+/// No choice or one.
+type UsualChoices<'a> = AtMostOne<UsualChoice<'a>>;
 
 /// A chunk's `usage`: absent, `null` (OpenAI's on every chunk but the last
 /// once usage is asked for) or an object.
@@ -363,7 +339,11 @@ fn facts(
         (one, None) | (None, one) => text(one)?.map(|(span, _)| span),
     };
     let content = text(choice.delta.content)?;
-    let call = choice.delta.tool_calls.as_ref().map(|call| &call.0);
+    let call = match &choice.delta.tool_calls {
+        None => None,
+        Some(AtMostOne(None)) => return None,
+        Some(AtMostOne(Some(call))) => Some(call),
+    };
     let arguments = call
         .and_then(|call| call.function.as_ref())
         .and_then(|function| function.arguments);
