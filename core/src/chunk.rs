@@ -111,8 +111,8 @@ impl Span {
 /// What a chunk looks like when it can travel as its bytes: the fields a
 /// [`ChatChunk`] parses typed as it types them (so that the full parse,
 /// when it comes, succeeds), one choice at index 0 whose delta has only a
-/// role and a text or a reasoning text (or no choice, as in the final usage
-/// chunk), and no `error`. Strings are borrowed: the texts as their JSON
+/// role and a text, a reasoning text or one tool-call fragment (or no
+/// choice, as in the final usage chunk), and no `error`. Strings are borrowed: the texts as their JSON
 /// tokens (escapes other than `\u` allowed, decoded when asked for), the
 /// others as they are, so an escaped one fails this parse and the chunk is
 /// parsed in full instead; members of other names are checked as JSON and
@@ -152,9 +152,9 @@ struct UsualChoice<'a> {
     logprobs: NullOnly,
 }
 
-/// A delta of text or reasoning text only: tool calls or a refusal send
-/// the chunk to the full parse (null ones are what some servers put on
-/// every chunk).
+/// A delta of a text, a reasoning text or one tool-call fragment: more
+/// fragments or a refusal send the chunk to the full parse (a null one is
+/// what some servers put on every chunk).
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsualDelta<'a> {
@@ -744,8 +744,8 @@ static EMPTY: LazyLock<ChatChunk> = LazyLock::new(ChatChunk::default);
 
 impl StreamChunk {
     /// The chunk in `data` when it has the usual shape (one choice at
-    /// index 0 carrying a role, a text or a reasoning text, a
-    /// `finish_reason` or neither, or no choice; no `\u` escape in the
+    /// index 0 carrying a role, a text, a reasoning text or one tool-call
+    /// fragment, a `finish_reason` or neither, or no choice; no `\u` escape in the
     /// texts, no escape elsewhere, no `error`): read
     /// without copying anything, parsed only if someone looks. Otherwise
     /// `data` comes back for a full parse.
