@@ -971,6 +971,12 @@ mod tests {
         chunk.into()
     }
 
+    /// The facts of `data` read through `usual`'s remembered text chunk
+    /// alone (`None`: it does not take the chunk).
+    fn remembered_read(usual: &UsualChunks, data: &str) -> Option<Facts> {
+        usual.text_chunk.as_ref()?.read(&data.to_owned().into())
+    }
+
     /// Every question a stream layer asks gets the answer the parsed chunk gives.
     fn assert_same_answers(data: &str) {
         let raw = raw(data);
@@ -1116,11 +1122,7 @@ mod tests {
             let data = ByteString::from(data.clone());
             let fast = usual.read_after_leading(&data).is_some();
             assert_eq!(fast, at > 0, "chunk {at} read from its choices on: {data}");
-            let text_only = usual
-                .text_chunk
-                .as_ref()
-                .and_then(|t| t.read(&data))
-                .is_some();
+            let text_only = remembered_read(&usual, &data).is_some();
             assert_eq!(
                 text_only,
                 at == 2,
@@ -1192,10 +1194,7 @@ mod tests {
         let mut usual = UsualChunks::default();
         usual.read(text("Hello", "null").into()).unwrap();
         let taken = |data: String| {
-            usual
-                .text_chunk
-                .as_ref()
-                .and_then(|t| t.read(&data.into()))
+            remembered_read(&usual, &data)
                 .map(|facts| facts.content.map(|span| (span.start, span.end)))
         };
         let start = text("", "null").find(r#""}"#).unwrap() as u16;
@@ -1256,13 +1255,7 @@ mod tests {
         };
         let mut usual = UsualChunks::default();
         usual.read(chunk("Hello", "llama-3").into()).unwrap();
-        let taken = |usual: &UsualChunks, data: &str| {
-            usual
-                .text_chunk
-                .as_ref()
-                .and_then(|t| t.read(&data.to_owned().into()))
-                .is_some()
-        };
+        let taken = |usual: &UsualChunks, data: &str| remembered_read(usual, data).is_some();
         for content in ["", "a", "Hello", "ça va, a longer text than the first"] {
             let data = chunk(content, "llama-3");
             assert!(taken(&usual, &data), "not taken: {data}");
@@ -1324,11 +1317,8 @@ mod tests {
             assert_eq!(template.hole, Hole::Reasoning);
             for reasoning in ["", "so", "ça, and a longer thought than the first"] {
                 let data = chunk(reasoning);
-                let taken = usual
-                    .text_chunk
-                    .as_ref()
-                    .and_then(|t| t.read(&data.clone().into()));
-                let facts = taken.unwrap_or_else(|| panic!("not taken: {data}"));
+                let facts =
+                    remembered_read(&usual, &data).unwrap_or_else(|| panic!("not taken: {data}"));
                 // An empty text after the reasoning keeps its place.
                 if let Some(content) = facts.content {
                     let key = r#""content":""#;
@@ -1384,11 +1374,10 @@ mod tests {
         );
         for arguments in [r#"city\":"#, r#" \"Paris\""#, "", "}"] {
             let data = piece(arguments);
-            let taken = usual
-                .text_chunk
-                .as_ref()
-                .and_then(|t| t.read(&data.clone().into()));
-            assert!(taken.is_some(), "not taken: {data}");
+            assert!(
+                remembered_read(&usual, &data).is_some(),
+                "not taken: {data}"
+            );
             let read = usual.read(data.clone().into()).unwrap();
             assert!(read.is_unparsed());
             assert!(read.has_tool_calls() && read.has_content(), "{data}");
@@ -1414,10 +1403,7 @@ mod tests {
         let mut usual = UsualChunks::default();
         usual.read(chunk("Hello", "K2").into()).unwrap();
         let taken = |usual: &UsualChunks, data: &str| {
-            usual
-                .text_chunk
-                .as_ref()
-                .and_then(|t| t.read(&data.to_owned().into()))
+            remembered_read(usual, data)
                 .and_then(|facts| facts.content)
                 .map(|span| (span.start, span.end))
         };

@@ -337,24 +337,33 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn each_chunk_pushes_the_stall_limit_back_to_its_full_length() {
-        // First-token limit 2 s, idle limit 5 s: chunks at 1..=4 s keep the
-        // stream alive past both the first-token limit and 5 s, and the
-        // stall is reported exactly 5 s after the last chunk.
-        let ctx = CallContext {
+    /// First-token limit 2 s, idle limit 5 s.
+    fn short_limits() -> CallContext {
+        CallContext {
             first_token_timeout: Duration::from_secs(2),
             stream_idle_timeout: Duration::from_secs(5),
             ..CallContext::default()
-        };
-        let paced = futures_util::stream::unfold(1u64, |n| async move {
+        }
+    }
+
+    /// `chunks`, one a second, then silence.
+    fn paced(chunks: Vec<StreamChunk>) -> ChatStream {
+        let paced = futures_util::stream::unfold(chunks.into_iter(), |mut rest| async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            Some((Ok(chunk(&n.to_string(), None)), n + 1))
+            Some((Ok(rest.next()?), rest))
         })
-        .take(4)
         .chain(futures_util::stream::pending());
+        Box::pin(paced)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_chunk_pushes_the_stall_limit_back_to_its_full_length() {
+        // Chunks at 1..=4 s keep the stream alive past both the first-token
+        // limit and 5 s, and the stall is reported exactly 5 s after the
+        // last chunk.
+        let chunks = (1..=4).map(|n| chunk(&n.to_string(), None)).collect();
         let start = Instant::now();
-        let out: Vec<_> = TimedStream::boxed(Box::pin(paced), &ctx)
+        let out: Vec<_> = TimedStream::boxed(paced(chunks), &short_limits())
             .map(|r| r.map(|c| c.text()))
             .collect()
             .await;
@@ -375,30 +384,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reasoning_under_either_name_is_the_first_token() {
-        // First-token limit 2 s: a reasoning delta every second for 4 s,
-        // then silence, is a stall 5 s after the last one, not a
-        // first-token timeout at 2 s.
-        let ctx = CallContext {
-            first_token_timeout: Duration::from_secs(2),
-            stream_idle_timeout: Duration::from_secs(5),
-            ..CallContext::default()
-        };
+        // A reasoning delta every second for 4 s, then silence, is a stall
+        // 5 s after the last one, not a first-token timeout at 2 s.
         for key in ["reasoning_content", "reasoning"] {
-            let paced = futures_util::stream::unfold(0u64, move |n| async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            let reasoning = || {
                 let chunk: ChatChunk = serde_json::from_value(serde_json::json!({
                     "choices": [{"index": 0, "delta": {key: "hmm"}, "finish_reason": null}]
                 }))
                 .unwrap();
-                Some((Ok(StreamChunk::from(chunk)), n + 1))
-            })
-            .take(4)
-            .chain(futures_util::stream::pending());
+                StreamChunk::from(chunk)
+            };
             let start = Instant::now();
-            let out: Vec<_> = TimedStream::boxed(Box::pin(paced), &ctx)
-                .map(|r| r.map(|c| c.has_content()))
-                .collect()
-                .await;
+            let out: Vec<_> = TimedStream::boxed(
+                paced((0..4).map(|_| reasoning()).collect()),
+                &short_limits(),
+            )
+            .map(|r| r.map(|c| c.has_content()))
+            .collect()
+            .await;
             assert_eq!(
                 out,
                 vec![
